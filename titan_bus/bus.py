@@ -1,0 +1,190 @@
+"""The :class:`EventBus`: the one object an application holds.
+
+It ties configuration, topics, the Redis connection, the publisher and the
+processor together::
+
+    bus = EventBus.from_config()
+
+    @bus.subscribe("chat.v1")
+    async def on_chat(event: Event) -> None:
+        print(event.data["text"])
+
+    async with bus:
+        await bus.publish("chat.v1", {"conversation_id": "c1", "role": "user",
+                                      "text": "hello"})
+        await bus.run()          # until bus.stop() or a signal
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from titan_bus.config import BusConfig, load_config
+from titan_bus.connection import async_client, async_redis_errors
+from titan_bus.events import DEFAULT_PRIORITY, Event
+from titan_bus.keys import KeySpace
+from titan_bus.processor import Handler, Processor
+from titan_bus.publisher import EventFactory, Outgoing, Publisher
+from titan_bus.topics import TopicRegistry
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = "titan"
+
+
+class EventBus:
+    """Publish events and run handlers on one Titan bus.
+
+    Args:
+        config: the resolved configuration (see :func:`load_config`).
+        source: the publisher identity stamped on events that name none.
+        client: an asyncio Redis client to use instead of one from the config.
+    """
+
+    def __init__(
+        self,
+        config: BusConfig | None = None,
+        *,
+        source: str = DEFAULT_SOURCE,
+        client: aioredis.Redis | None = None,
+    ) -> None:
+        self.config = config or BusConfig()
+        self.topics = TopicRegistry.from_config(self.config)
+        self.keys = KeySpace(self.config.key_prefix)
+        self._owns_client = client is None
+        self.client = client or async_client(self.config.redis)
+        self.factory = EventFactory(self.topics, self.keys, source)
+        self._publisher = Publisher(self.client, self.factory)
+        self._handlers: dict[str, list[Handler]] = {}
+        self.processor: Processor | None = None
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, **options: Any) -> EventBus:
+        """Build a bus from a YAML file, ``$TITAN_CONFIG`` or built-in defaults.
+
+        Raises:
+            ConfigError: the configuration is invalid; the message names the key.
+        """
+        return cls(load_config(path), **options)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> EventBus:
+        await self.ping()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def ping(self) -> None:
+        """Check that Redis answers.
+
+        Raises:
+            BusConnectionError: it does not; the message names the server.
+        """
+        async with async_redis_errors("connect", self.config.redis.url):
+            await self.client.ping()
+
+    async def aclose(self) -> None:
+        """Stop the processor if running and close the connection this bus opened."""
+        self.stop()
+        if self._owns_client:
+            await self.client.aclose()
+
+    # -- publishing ----------------------------------------------------------
+
+    def event(self, topic: str, data: Mapping[str, Any], **options: Any) -> Event:
+        """Return a validated event without publishing it (for :meth:`publish_many`)."""
+        return self.factory.event(topic, data, **options)
+
+    async def publish(
+        self,
+        topic: str,
+        data: Mapping[str, Any],
+        *,
+        priority: str = DEFAULT_PRIORITY,
+        source: str | None = None,
+        subject: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> str:
+        """Validate ``data`` against ``topic`` and publish it; return the event id.
+
+        Raises:
+            UnknownTopicError: no such topic.
+            ValidationError: the payload or an option is invalid.
+            PayloadTooLargeError: the payload is over ``max_payload_bytes``.
+            BusConnectionError: Redis did not take the write.
+        """
+        return await self._publisher.publish(
+            topic,
+            data,
+            priority=priority,
+            source=source,
+            subject=subject,
+            headers=headers,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+
+    async def publish_many(self, items: Iterable[Outgoing]) -> list[str]:
+        """Publish several events in one round trip; all are validated first.
+
+        Args:
+            items: events from :meth:`event`, or ``(topic, data)`` pairs.
+        """
+        return await self._publisher.publish_many(items)
+
+    # -- handling ------------------------------------------------------------
+
+    def subscribe(self, topic: str) -> Callable[[Handler], Handler]:
+        """Decorator: run ``async def handler(event)`` for each event of ``topic``.
+
+        Raises:
+            UnknownTopicError: ``topic`` is not registered.
+        """
+        self.topics.get(topic)
+
+        def register(handler: Handler) -> Handler:
+            self._handlers.setdefault(topic, []).append(handler)
+            return handler
+
+        return register
+
+    @property
+    def subscriptions(self) -> dict[str, list[Handler]]:
+        """Topic name to the handlers subscribed to it."""
+        return {topic: list(hs) for topic, hs in self._handlers.items()}
+
+    def make_processor(self, *, consumer: str | None = None) -> Processor:
+        """Return a processor for this bus's subscriptions (not yet running)."""
+        return Processor(
+            self.client,
+            registry=self.topics,
+            keys=self.keys,
+            config=self.config.processor,
+            handlers=self._handlers,
+            consumer=consumer,
+        )
+
+    async def run(self, *, consumer: str | None = None) -> None:
+        """Run the handlers until :meth:`stop` is called."""
+        self.processor = self.make_processor(consumer=consumer)
+        await self.processor.run()
+
+    def stop(self) -> None:
+        """Ask a running :meth:`run` to finish in-flight work and return."""
+        if self.processor is not None:
+            self.processor.stop()

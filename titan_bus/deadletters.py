@@ -1,0 +1,98 @@
+"""Dead letters: the per-topic stream of events the bus set aside, with why.
+
+An entry in ``<prefix>:{<topic>}:dlq`` keeps the original stored envelope byte
+for byte (field ``event``; for an entry that was not a valid envelope, its raw
+fields as JSON in ``raw``) next to the reason it was set aside.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from titan_bus.codec import EVENT_FIELD, EntryFields, canonical_json, raw_fields_text
+
+TRACEBACK_LINES = 12
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an event was set aside.
+
+    Attributes:
+        error_type: the exception class name, or a short reason code.
+        error_message: the human-readable reason.
+        traceback: the last lines of the traceback, or empty.
+        attempts: delivery attempts made before giving up.
+        first_failed_at: when the first attempt failed (UTC).
+        last_failed_at: when the last attempt failed (UTC).
+        consumer: the consumer that gave up on it.
+    """
+
+    error_type: str
+    error_message: str
+    attempts: int
+    consumer: str
+    traceback: str = ""
+    first_failed_at: datetime | None = None
+    last_failed_at: datetime | None = None
+
+    @classmethod
+    def from_exception(
+        cls,
+        exc: BaseException,
+        *,
+        attempts: int,
+        consumer: str,
+        first_failed_at: datetime | None = None,
+    ) -> Failure:
+        """Describe ``exc`` as a failure, keeping a short traceback."""
+        lines = traceback.format_exception(exc)
+        now = datetime.now(UTC)
+
+        return cls(
+            error_type=type(exc).__name__,
+            error_message=str(exc),
+            traceback="".join(lines[-TRACEBACK_LINES:]),
+            attempts=attempts,
+            consumer=consumer,
+            first_failed_at=first_failed_at or now,
+            last_failed_at=now,
+        )
+
+
+def dead_letter_fields(
+    fields: dict[bytes, bytes], failure: Failure, *, lane: str, entry_id: str
+) -> EntryFields:
+    """Return the dead-letter entry for a stream entry and its failure."""
+    now = datetime.now(UTC)
+    meta: dict[str, Any] = {
+        "error_type": failure.error_type,
+        "error_message": failure.error_message,
+        "traceback": failure.traceback,
+        "attempts": failure.attempts,
+        "consumer": failure.consumer,
+        "first_failed_at": (failure.first_failed_at or now).isoformat(),
+        "last_failed_at": (failure.last_failed_at or now).isoformat(),
+        "lane": lane,
+        "entry_id": entry_id,
+    }
+    out: EntryFields = {b"failure": canonical_json(meta)}
+    if EVENT_FIELD in fields and _is_json(fields[EVENT_FIELD]):
+        out[EVENT_FIELD] = fields[EVENT_FIELD]
+    else:
+        out[b"raw"] = canonical_json(raw_fields_text(fields))
+
+    return out
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+
+    return True

@@ -1,0 +1,57 @@
+"""Redis key names, all built here.
+
+Every key of a topic carries the topic as a Redis Cluster hash tag, so that all
+of one topic lives in one hash slot (scripts and pipelines stay single-slot) and
+one ACL pattern, ``<prefix>:{<topic>}:*``, covers exactly that topic::
+
+    titan:{chat.v1}:lane:high      one stream per lane
+    titan:{chat.v1}:dlq            dead letters
+    titan:{chat.v1}:delayed        retries and delayed publishes not yet due
+
+Keys shared by all topics are few and sit under ``<prefix>:bus:``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    """Builds key names under one prefix (``titan`` unless configured)."""
+
+    prefix: str = "titan"
+
+    def topic_pattern(self, topic: str) -> str:
+        """Return the key pattern that matches every key of ``topic``."""
+        return f"{self.prefix}:{{{topic}}}:*"
+
+    def lane(self, topic: str, lane: str) -> str:
+        """Return the stream key of one lane of ``topic``."""
+        return f"{self.prefix}:{{{topic}}}:lane:{lane}"
+
+    def dead_letters(self, topic: str) -> str:
+        """Return the dead-letter stream key of ``topic``."""
+        return f"{self.prefix}:{{{topic}}}:dlq"
+
+    def delayed(self, topic: str) -> str:
+        """Return the delayed-set key of ``topic``."""
+        return f"{self.prefix}:{{{topic}}}:delayed"
+
+    def shared(self, name: str) -> str:
+        """Return a key shared by all topics, e.g. the global rate limiter."""
+        return f"{self.prefix}:bus:{name}"
+
+    def parse_lane(self, key: str | bytes) -> tuple[str, str]:
+        """Return ``(topic, lane)`` for a lane stream key.
+
+        Raises:
+            ValueError: ``key`` is not a lane key of this key space.
+        """
+        text = key.decode() if isinstance(key, bytes) else key
+        head = f"{self.prefix}:{{"
+        topic, sep, rest = text.removeprefix(head).partition("}:lane:")
+        if not text.startswith(head) or not sep or not rest:
+            raise ValueError(f"not a lane key under prefix {self.prefix!r}: {text!r}")
+
+        return topic, rest
