@@ -102,6 +102,8 @@ class ProcessorConfig(_Section):
     concurrency: int = Field(default=32, ge=1, le=10_000)
     block_ms: int = Field(default=1000, ge=10, le=60_000)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    idempotency_window_s: float = Field(default=3600.0, ge=0)
+    retention_interval_s: float = Field(default=5.0, gt=0)
 
 
 class BusConfig(_Section):

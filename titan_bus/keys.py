@@ -7,6 +7,9 @@ one ACL pattern, ``<prefix>:{<topic>}:*``, covers exactly that topic::
     titan:{chat.v1}:lane:high      one stream per lane
     titan:{chat.v1}:dlq            dead letters
     titan:{chat.v1}:delayed        retries and delayed publishes not yet due
+    titan:{chat.v1}:done:G:ID      group G handled event ID (expires)
+    titan:{chat.v1}:idem:K         publisher idempotency key K (expires)
+    titan:{chat.v1}:suspects       claimed entries being retried alone
 
 Keys shared by all topics are few and sit under ``<prefix>:bus:``.
 """
@@ -37,6 +40,18 @@ class KeySpace:
     def delayed(self, topic: str) -> str:
         """Return the delayed-set key of ``topic``."""
         return f"{self.prefix}:{{{topic}}}:delayed"
+
+    def done(self, topic: str, group: str, event_id: str) -> str:
+        """Return the mark that ``group`` handled ``event_id`` (idempotency)."""
+        return f"{self.prefix}:{{{topic}}}:done:{group}:{event_id}"
+
+    def publish_key(self, topic: str, idempotency_key: str) -> str:
+        """Return the key remembering a publisher's idempotency key."""
+        return f"{self.prefix}:{{{topic}}}:idem:{idempotency_key}"
+
+    def suspects(self, topic: str) -> str:
+        """Return the hash of claimed entries being retried alone (see recovery)."""
+        return f"{self.prefix}:{{{topic}}}:suspects"
 
     def shared(self, name: str) -> str:
         """Return a key shared by all topics, e.g. the global rate limiter."""

@@ -3,7 +3,9 @@
 One processor is one consumer in the group; several processors (processes or
 hosts) share the group's work. An entry is acknowledged only after every
 handler of its topic returned; until then it stays pending in Redis, owned by
-this consumer, so a crash loses nothing.
+this consumer, so a crash loses nothing: another processor claims it (see
+:mod:`titan_bus.recovery`). Failures are retried and finally dead-lettered
+(see :mod:`titan_bus.handling`).
 """
 
 from __future__ import annotations
@@ -14,30 +16,38 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
-from redis.typing import KeyT, StreamIdT
 
 from titan_bus.codec import decode_entry
 from titan_bus.config import ProcessorConfig
 from titan_bus.connection import is_connection_problem
-from titan_bus.deadletters import Failure, dead_letter_fields
+from titan_bus.deadletters import Failure
+from titan_bus.dedup import HandledMarks
+from titan_bus.delayed import DelayedSet
 from titan_bus.errors import MalformedEntryError
-from titan_bus.events import Event
+from titan_bus.handling import Handler, HandlerRunner
+from titan_bus.housekeeping import Housekeeper
 from titan_bus.keys import KeySpace
-from titan_bus.lanes import Lane, LaneScheduler
+from titan_bus.lanes import Lane
+from titan_bus.reader import Entry, LaneReader
+from titan_bus.recovery import Claimed, Claimer
+from titan_bus.retention import Retention
+from titan_bus.settle import FIRST_FAILED_FIELD, Delivery, Settler
 from titan_bus.topics import TopicRegistry
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[Event], Awaitable[None]]
-Entry = tuple[Lane, str, dict[bytes, bytes]]
-
 RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
+CLAIM_CHECK_MIN_S = 0.5
+CLAIM_CHECK_MAX_S = 30.0
+CLAIMS_PER_ROUND = 100
+
+__all__ = ["Handler", "Processor", "new_consumer_name"]
 
 
 def new_consumer_name() -> str:
@@ -69,22 +79,67 @@ class Processor:
     ) -> None:
         self._client = client
         self._registry = registry
-        self._keys = keys
         self.config = config
         self.group = config.group
         self.consumer = consumer or new_consumer_name()
-        self._handlers = {topic: list(hs) for topic, hs in handlers.items()}
+        topics = [registry.get(name) for name in handlers]
         self.lanes = [
-            Lane(topic, name, keys.lane(topic, name), weight)
-            for topic in self._handlers
-            for name, weight in registry.get(topic).lanes.items()
+            Lane(t.name, lane, keys.lane(t.name, lane), weight)
+            for t in topics
+            for lane, weight in t.lanes.items()
         ]
-        self._by_key = {lane.key: lane for lane in self.lanes}
-        self._scheduler = LaneScheduler(self.lanes)
+        self._reader = LaneReader(
+            client,
+            lanes=self.lanes,
+            group=self.group,
+            consumer=self.consumer,
+            block_ms=config.block_ms,
+        )
+        delayed = {
+            t.name: DelayedSet(
+                client,
+                keys.delayed(t.name),
+                dead_letters=keys.dead_letters(t.name),
+                lanes={lane: keys.lane(t.name, lane) for lane in t.lanes},
+            )
+            for t in topics
+        }
+        self._marks = (
+            HandledMarks(client, keys=keys, group=self.group, window_s=w)
+            if (w := config.idempotency_window_s) > 0
+            else None
+        )
+        self._settler = Settler(
+            client,
+            keys=keys,
+            group=self.group,
+            delayed=delayed,
+            done_marker=self._marks.mark if self._marks else None,
+        )
+        self._runner = HandlerRunner(
+            registry=registry,
+            handlers={t: list(hs) for t, hs in handlers.items()},
+            settler=self._settler,
+            consumer=self.consumer,
+        )
+        self._claimer = Claimer(
+            client, keys=keys, group=self.group, consumer=self.consumer
+        )
+        self._housekeeper = Housekeeper(
+            delayed=list(delayed.values()),
+            lanes=self.lanes,
+            registry=registry,
+            retention=Retention(client),
+            claimer=self._claimer,
+            interval_s=config.retention_interval_s,
+        )
+        idle = [t.claim_idle_s for t in topics] or [CLAIM_CHECK_MAX_S]
+        self._claim_every_s = min(
+            CLAIM_CHECK_MAX_S, max(CLAIM_CHECK_MIN_S, min(idle) / 2)
+        )
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._acks: list[tuple[str, str]] = []
-        self._ack_wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self.duplicates = 0
         self.ready = False
 
     # -- lifecycle -----------------------------------------------------------
@@ -98,6 +153,11 @@ class Processor:
         """True once :meth:`stop` was called."""
         return self._stopping.is_set()
 
+    @property
+    def vanished(self) -> int:
+        """Pending entries found deleted or trimmed before they were handled."""
+        return self._claimer.vanished
+
     async def run(self) -> None:
         """Process events until :meth:`stop` is called, then shut down cleanly.
 
@@ -106,15 +166,23 @@ class Processor:
         """
         if not self.lanes:
             logger.warning("processor %s has no handlers; nothing to do", self.consumer)
-        acker = asyncio.create_task(self._ack_loop(), name="titan-acker")
+        background = [
+            asyncio.create_task(self._settler.run(), name="titan-settler"),
+            asyncio.create_task(self._housekeeper.release_loop(), name="titan-release"),
+            asyncio.create_task(
+                self._housekeeper.maintenance_loop(), name="titan-maint"
+            ),
+        ]
         try:
             await self._serve()
         finally:
             self.ready = False
             await self._drain()
-            acker.cancel()
-            await asyncio.gather(acker, return_exceptions=True)
-            await self._flush_acks()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._settler.flush()
             logger.info("processor %s stopped", self.consumer)
 
     async def ensure_groups(self) -> None:
@@ -132,92 +200,58 @@ class Processor:
     async def _serve(self) -> None:
         pause = RECONNECT_MIN_S
         recovering = True
+        loop = asyncio.get_running_loop()
+        next_claim = loop.time() + self._claim_every_s
         while not self._stopping.is_set():
             try:
                 if recovering:
-                    await self.ensure_groups()
-                    await self._dispatch(await self._read_own_pending())
+                    await self._start_reading()
                     recovering, pause = False, RECONNECT_MIN_S
-                    self.ready = True
-                    logger.info(
-                        "processor %s reading %d lanes as group %s",
-                        self.consumer,
-                        len(self.lanes),
-                        self.group,
-                    )
-                await self._dispatch(await self._fetch())
+                if loop.time() >= next_claim:
+                    await self._recover()
+                    next_claim = loop.time() + self._claim_every_s
+                await self._step()
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                     raise
-                logger.warning("group or stream vanished (%s); recreating it", exc)
+                logger.warning(
+                    "group %s or a lane stream vanished (%s); recreating",
+                    self.group,
+                    exc,
+                )
                 recovering = True
             except Exception as exc:
                 if not is_connection_problem(exc):
                     raise
                 self.ready, recovering = False, True
-                logger.warning("lost Redis (%s); retrying in %.1f s", exc, pause)
+                logger.warning("lost Redis (%s); reconnecting in %.1f s", exc, pause)
                 await self._sleep(pause)
                 pause = min(pause * 2, RECONNECT_MAX_S)
+
+    async def _start_reading(self) -> None:
+        await self.ensure_groups()
+        own = await self._reader.read_own_pending()
+        await self._dispatch([e for e in own if e.name not in self._tasks])
+        self.ready = True
+        logger.info(
+            "processor %s reading %d lanes as group %s (%d own pending re-read)",
+            self.consumer,
+            len(self.lanes),
+            self.group,
+            len(own),
+        )
+
+    async def _step(self) -> None:
+        free = self.config.concurrency - len(self._tasks)
+        if free <= 0 or not self.lanes:
+            await self._wait_for_slot()
+            return
+
+        await self._dispatch(await self._reader.read_new(free))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-
-    # -- reading -------------------------------------------------------------
-
-    async def _read_own_pending(self) -> list[Entry]:
-        """Return entries this consumer already owns (re-read after a reconnect)."""
-        streams: dict[KeyT, StreamIdT] = {lane.key: "0" for lane in self.lanes}
-        if not streams:
-            return []
-        reply = await self._client.xreadgroup(self.group, self.consumer, streams)
-
-        return [e for e in self._entries(reply) if _task_name(e) not in self._tasks]
-
-    async def _fetch(self) -> list[Entry]:
-        free = self.config.concurrency - len(self._tasks)
-        if free <= 0 or not self.lanes:
-            await self._wait_for_slot()
-            return []
-
-        plan = self._scheduler.plan(free)
-        pipe = self._client.pipeline(transaction=False)
-        for key, count in plan.items():
-            pipe.xreadgroup(self.group, self.consumer, {key: ">"}, count=count)
-        entries: list[Entry] = []
-        for (key, asked), reply in zip(plan.items(), await pipe.execute(), strict=True):
-            got = self._entries(reply)
-            self._scheduler.record(key, asked, len(got))
-            entries.extend(got)
-        if entries:
-            return entries
-
-        return await self._blocking_read(free)
-
-    async def _blocking_read(self, free: int) -> list[Entry]:
-        streams: dict[KeyT, StreamIdT] = {lane.key: ">" for lane in self.lanes}
-        reply = await self._client.xreadgroup(
-            self.group,
-            self.consumer,
-            streams,
-            count=max(1, free // len(streams)),
-            block=self.config.block_ms,
-        )
-        entries = self._entries(reply)
-        for lane, _, _ in entries:
-            self._scheduler.wake(lane.key)
-
-        return entries
-
-    def _entries(self, reply: object) -> list[Entry]:
-        entries: list[Entry] = []
-        for key, items in _stream_items(reply):
-            lane = self._by_key[key.decode() if isinstance(key, bytes) else key]
-            for entry_id, fields in items:
-                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                entries.append((lane, eid, fields or {}))
-
-        return entries
 
     async def _wait_for_slot(self) -> None:
         if not self._tasks:
@@ -228,100 +262,6 @@ class Processor:
             timeout=self.config.block_ms / 1000,
             return_when=asyncio.FIRST_COMPLETED,
         )
-
-    # -- handling ------------------------------------------------------------
-
-    async def _dispatch(self, entries: list[Entry]) -> None:
-        malformed: list[tuple[Entry, MalformedEntryError]] = []
-        for entry in entries:
-            lane, entry_id, fields = entry
-            try:
-                event = decode_entry(fields)
-            except MalformedEntryError as exc:
-                malformed.append((entry, exc))
-                continue
-            name = _task_name(entry)
-            task = asyncio.create_task(self._handle(lane, entry_id, event), name=name)
-            self._tasks[name] = task
-            task.add_done_callback(self._forget)
-        if malformed:
-            await self._set_aside(malformed)
-
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task.get_name(), None)
-
-    async def _handle(self, lane: Lane, entry_id: str, event: Event) -> None:
-        topic = self._registry.get(lane.topic)
-        try:
-            for handler in self._handlers[lane.topic]:
-                await asyncio.wait_for(handler(event), timeout=topic.handler_timeout_s)
-        except Exception:
-            logger.exception(
-                "handler failed on %s event %s (lane %s, attempt %d); left pending",
-                lane.topic,
-                event.id,
-                lane.name,
-                event.attempt,
-            )
-            return
-
-        logger.debug(
-            "handled %s event %s from lane %s", lane.topic, event.id, lane.name
-        )
-        self._acks.append((lane.key, entry_id))
-        self._ack_wake.set()
-
-    async def _set_aside(
-        self, malformed: list[tuple[Entry, MalformedEntryError]]
-    ) -> None:
-        """Move entries that are not valid envelopes to their topic's dead letters."""
-        pipe = self._client.pipeline(transaction=False)
-        for (lane, entry_id, fields), exc in malformed:
-            logger.warning(
-                "malformed entry %s in %s lane %s: %s; moved to dead letters",
-                entry_id,
-                lane.topic,
-                lane.name,
-                exc,
-            )
-            failure = Failure("MalformedEntryError", str(exc), 1, self.consumer)
-            dead = dead_letter_fields(
-                fields, failure, lane=lane.name, entry_id=entry_id
-            )
-            pipe.xadd(self._keys.dead_letters(lane.topic), dead)
-            pipe.xack(lane.key, self.group, entry_id)
-        await pipe.execute()
-
-    # -- acknowledging -------------------------------------------------------
-
-    async def _ack_loop(self) -> None:
-        while True:
-            await self._ack_wake.wait()
-            self._ack_wake.clear()
-            try:
-                await self._flush_acks()
-            except Exception as exc:
-                if not is_connection_problem(exc):
-                    raise
-                logger.warning("could not acknowledge (%s); will retry", exc)
-                await asyncio.sleep(RECONNECT_MIN_S)
-                self._ack_wake.set()
-
-    async def _flush_acks(self) -> None:
-        batch, self._acks = self._acks, []
-        if not batch:
-            return
-        by_key: dict[str, list[str]] = {}
-        for key, entry_id in batch:
-            by_key.setdefault(key, []).append(entry_id)
-        pipe = self._client.pipeline(transaction=False)
-        for key, ids in by_key.items():
-            pipe.xack(key, self.group, *ids)
-        try:
-            await pipe.execute()
-        except Exception:
-            self._acks[:0] = batch
-            raise
 
     async def _drain(self) -> None:
         if not self._tasks:
@@ -337,12 +277,136 @@ class Processor:
             )
             await asyncio.gather(*late, return_exceptions=True)
 
+    # -- dispatching ---------------------------------------------------------
 
-def _task_name(entry: Entry) -> str:
-    """Return a name unique per in-flight entry (ids repeat across streams)."""
-    return f"{entry[0].key} {entry[1]}"
+    async def _dispatch(self, entries: list[Entry]) -> None:
+        deliveries = [d for e in entries if (d := self._delivery(e)) is not None]
+        for delivery in await self._drop_duplicates(deliveries):
+            name = f"{delivery.lane.key} {delivery.entry_id}"
+            task = asyncio.create_task(self._runner.run(delivery), name=name)
+            self._tasks[name] = task
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task.get_name(), None)
+
+    def _delivery(self, entry: Entry, *, deliveries: int = 1) -> Delivery | None:
+        """Decode an entry; set aside what cannot be handled and return None."""
+        lane = entry.lane
+        if entry.fields is None:
+            self._claimer.vanished += 1
+            logger.warning(
+                "pending entry %s of %s lane %s was deleted before being handled",
+                entry.entry_id,
+                lane.topic,
+                lane.name,
+            )
+            self._settler.drop(lane, [entry.entry_id])
+            return None
+        try:
+            event = decode_entry(entry.fields)
+        except MalformedEntryError as exc:
+            logger.warning(
+                "malformed entry %s in %s lane %s: %s; moved to dead letters",
+                entry.entry_id,
+                lane.topic,
+                lane.name,
+                exc,
+            )
+            failure = Failure(
+                "MalformedEntryError", str(exc), deliveries, self.consumer
+            )
+            self._settler.set_aside(lane, entry.entry_id, entry.fields, failure)
+            return None
+        if deliveries > 1:
+            event = event.with_attempt(event.attempt + deliveries - 1)
+        first = entry.fields.get(FIRST_FAILED_FIELD)
+
+        return Delivery(lane, entry.entry_id, entry.fields, event, _int_or_none(first))
+
+    async def _drop_duplicates(self, deliveries: list[Delivery]) -> list[Delivery]:
+        if self._marks is None or not deliveries:
+            return deliveries
+
+        seen = await self._marks.handled([d.event for d in deliveries])
+        fresh = []
+        for delivery, handled in zip(deliveries, seen, strict=True):
+            if not handled:
+                fresh.append(delivery)
+                continue
+            self.duplicates += 1
+            logger.info(
+                "%s event %s already handled by group %s; dropping the duplicate",
+                delivery.lane.topic,
+                delivery.event.id,
+                self.group,
+            )
+            self._settler.drop(delivery.lane, [delivery.entry_id])
+
+        return fresh
+
+    # -- recovery ------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Claim entries idle on other consumers and handle them one at a time."""
+        claimed = 0
+        for lane in self.lanes:
+            idle_ms = int(self._registry.get(lane.topic).claim_idle_s * 1000)
+            while claimed < CLAIMS_PER_ROUND and not self._stopping.is_set():
+                suspect = await self._claimer.claim_one(lane, min_idle_ms=idle_ms)
+                if suspect is None:
+                    break
+                if claimed == 0:
+                    await self._drain_for_suspects()
+                claimed += 1
+                await self._run_suspect(suspect)
+
+    async def _drain_for_suspects(self) -> None:
+        """Let in-flight handlers finish, so a suspect runs truly alone."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()))
+        await self._settler.flush()
+
+    async def _run_suspect(self, suspect: Claimed) -> None:
+        lane, entry_id = suspect.lane, suspect.entry_id
+        entry = Entry(lane, entry_id, suspect.fields)
+        delivery = self._delivery(entry, deliveries=suspect.deliveries)
+        if delivery is None or not await self._drop_duplicates([delivery]):
+            await self._settler.flush()
+            return
+
+        topic = self._registry.get(lane.topic)
+        if delivery.event.attempt > topic.retry_limit + 1 and suspect.crashed_alone:
+            crash = RuntimeError(
+                f"the processor handling it stopped during {suspect.deliveries - 1} "
+                "deliveries, the last time with no other event in flight"
+            )
+            self._runner.failed(delivery, topic, crash)
+        else:
+            if delivery.event.attempt > topic.retry_limit + 1:
+                capped = delivery.event.with_attempt(topic.retry_limit + 1)
+                delivery = Delivery(
+                    lane, entry_id, delivery.fields, capped, delivery.first_failed_ms
+                )
+            logger.warning(
+                "claimed %s event %s from lane %s (delivery %d); running it alone",
+                lane.topic,
+                delivery.event.id,
+                lane.name,
+                suspect.deliveries,
+            )
+            await self._claimer.mark_suspect(lane, entry_id)
+            await self._runner.run(delivery)
+
+        async def clear(pipe: Any) -> None:
+            self._claimer.clear_suspect(pipe, lane, entry_id)
+
+        self._settler.then(clear)
+        await self._settler.flush()
 
 
-def _stream_items(reply: object) -> list[Any]:
-    """Return the ``[stream key, [(entry id, fields), ...]]`` pairs of a reply."""
-    return list(reply) if isinstance(reply, list) else []
+def _int_or_none(raw: bytes | None) -> int | None:
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,102 @@
+"""Background duties of a processor, apart from reading and handling.
+
+- Releasing due events from each topic's delayed set into their lanes.
+- Trimming lanes to ``maxlen`` without dropping unacknowledged entries.
+- Removing consumers that are gone and own nothing.
+
+Every processor runs them; the scripts behind them are atomic, so several
+processors doing the same duty at once is safe, merely redundant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from titan_bus.connection import is_connection_problem
+from titan_bus.delayed import DelayedSet
+from titan_bus.lanes import Lane
+from titan_bus.recovery import Claimer
+from titan_bus.retention import Retention
+from titan_bus.topics import TopicRegistry
+
+logger = logging.getLogger(__name__)
+
+RELEASE_POLL_MAX_S = 0.25
+
+
+class Housekeeper:
+    """Runs the delayed-set release and the periodic lane maintenance.
+
+    Args:
+        delayed: each subscribed topic's delayed set.
+        lanes: the lanes this processor reads.
+        registry: the bus's topics (maxlen, claim idle time).
+        retention: the lane trimmer.
+        claimer: removes idle consumers.
+        interval_s: seconds between maintenance rounds.
+    """
+
+    def __init__(
+        self,
+        *,
+        delayed: Sequence[DelayedSet],
+        lanes: Sequence[Lane],
+        registry: TopicRegistry,
+        retention: Retention,
+        claimer: Claimer,
+        interval_s: float,
+    ) -> None:
+        self._delayed = list(delayed)
+        self._lanes = list(lanes)
+        self._registry = registry
+        self._retention = retention
+        self._claimer = claimer
+        self._interval_s = interval_s
+        self.wake = asyncio.Event()
+
+    async def release_loop(self) -> None:
+        """Move due delayed events into their lanes, until cancelled.
+
+        Sleeps until the next event is due, at most ``RELEASE_POLL_MAX_S``
+        (events delayed by other processes cannot wake it), or until woken.
+        """
+        while True:
+            wait_s = RELEASE_POLL_MAX_S
+            try:
+                for delayed in self._delayed:
+                    _, next_due = await delayed.release_due()
+                    if next_due is not None:
+                        wait_s = min(wait_s, next_due)
+            except Exception as exc:
+                if not is_connection_problem(exc):
+                    raise
+                logger.debug("delayed release skipped: %s", exc)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=wait_s)
+
+    async def maintenance_loop(self) -> None:
+        """Trim lanes and drop idle consumers every ``interval_s``, until cancelled."""
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.maintain()
+            except Exception as exc:
+                if not is_connection_problem(exc):
+                    logger.exception("lane maintenance failed; will try again")
+                else:
+                    logger.debug("lane maintenance skipped: %s", exc)
+
+    async def maintain(self) -> None:
+        """Run one maintenance round over every lane."""
+        for lane in self._lanes:
+            topic = self._registry.get(lane.topic)
+            if topic.maxlen is not None:
+                trimmed = await self._retention.trim(lane.key, maxlen=topic.maxlen)
+                if trimmed:
+                    logger.debug("trimmed %d entries from %s", trimmed, lane.key)
+            idle_ms = int(topic.claim_idle_s * 2000)
+            await self._claimer.remove_idle_consumers(lane, idle_ms=idle_ms)

@@ -1,0 +1,175 @@
+"""Settling deliveries: ack, retry later, or dead-letter, batched per round trip.
+
+Handlers finish one by one; their outcomes are queued here and written by one
+background flush, so a busy processor settles many events per Redis round
+trip. Within one event the order of commands is what makes it safe: the retry
+is scheduled (or the dead letter written) before, or atomically with, the ack,
+so a lost connection can cause a duplicate delivery but never a lost event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from titan_bus.connection import is_connection_problem
+from titan_bus.deadletters import Failure, dead_letter_fields
+from titan_bus.delayed import DelayedSet, delayed_member
+from titan_bus.events import Event
+from titan_bus.keys import KeySpace
+from titan_bus.lanes import Lane
+
+logger = logging.getLogger(__name__)
+
+FIRST_FAILED_FIELD = b"first_failed_ms"
+FLUSH_RETRY_S = 0.2
+
+Command = Callable[[Any], Awaitable[Any]]
+"""Queues Redis commands on a pipeline (awaiting only queues; no I/O)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One stream entry handed to this processor.
+
+    Attributes:
+        lane: the lane it was read from.
+        entry_id: its stream entry id.
+        fields: its raw fields, as stored.
+        event: the decoded event (``attempt`` already includes crash attempts).
+        first_failed_ms: when an earlier attempt first failed, Unix ms, or None.
+    """
+
+    lane: Lane
+    entry_id: str
+    fields: dict[bytes, bytes]
+    event: Event
+    first_failed_ms: int | None = None
+
+
+class Settler:
+    """Queues settlement commands and flushes them in pipelined batches.
+
+    Args:
+        client: an asyncio Redis client.
+        keys: the key space.
+        group: the consumer group.
+        delayed: each topic's delayed set.
+        done_marker: adds an idempotency mark for a handled event to a pipeline.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        keys: KeySpace,
+        group: str,
+        delayed: dict[str, DelayedSet],
+        done_marker: Callable[[Any, Event], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._group = group
+        self._delayed = delayed
+        self._done_marker = done_marker
+        self._queue: list[Command] = []
+        self._wake = asyncio.Event()
+
+    def ack(self, delivery: Delivery, *, mark_done: bool = True) -> None:
+        """Acknowledge a delivery (and mark its event handled for this group)."""
+        lane, entry_id = delivery.lane, delivery.entry_id
+
+        async def command(pipe: Any) -> None:
+            if mark_done and self._done_marker is not None:
+                self._done_marker(pipe, delivery.event)
+            pipe.xack(lane.key, self._group, entry_id)
+
+        self._push(command)
+
+    def retry(self, delivery: Delivery, *, delay_s: float, failed_ms: int) -> None:
+        """Schedule the next attempt ``delay_s`` from now and ack this one."""
+        fields = dict(delivery.fields)
+        fields[b"attempt"] = str(delivery.event.attempt + 1).encode()
+        first = delivery.first_failed_ms or failed_ms
+        fields[FIRST_FAILED_FIELD] = str(first).encode()
+        member = delayed_member(delivery.lane.name, fields)
+        ack = (delivery.lane.key, self._group, delivery.entry_id)
+        delayed = self._delayed[delivery.lane.topic]
+
+        self._push(
+            lambda pipe: delayed.schedule(pipe, member, delay_s=delay_s, ack=ack)
+        )
+
+    def dead_letter(self, delivery: Delivery, failure: Failure) -> None:
+        """Write the delivery to its topic's dead letters, then ack it."""
+        self.set_aside(delivery.lane, delivery.entry_id, delivery.fields, failure)
+
+    def set_aside(
+        self, lane: Lane, entry_id: str, fields: dict[bytes, bytes], failure: Failure
+    ) -> None:
+        """Dead-letter a raw entry (one that may not even decode), then ack it."""
+        dead = dead_letter_fields(fields, failure, lane=lane.name, entry_id=entry_id)
+        dlq = self._keys.dead_letters(lane.topic)
+
+        async def command(pipe: Any) -> None:
+            pipe.xadd(dlq, dead)
+            pipe.xack(lane.key, self._group, entry_id)
+
+        self._push(command)
+
+    def drop(self, lane: Lane, entry_ids: list[str]) -> None:
+        """Acknowledge entries that must not be handled (deleted, duplicates)."""
+        if not entry_ids:
+            return
+
+        async def command(pipe: Any) -> None:
+            pipe.xack(lane.key, self._group, *entry_ids)
+
+        self._push(command)
+
+    def then(self, command: Command) -> None:
+        """Queue any other command, run after those queued before it."""
+        self._push(command)
+
+    def _push(self, command: Command) -> None:
+        self._queue.append(command)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Flush queued commands whenever there are some, until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception as exc:
+                if not is_connection_problem(exc):
+                    raise
+                logger.warning("could not settle events (%s); will retry", exc)
+                await asyncio.sleep(FLUSH_RETRY_S)
+                self._wake.set()
+
+    async def flush(self) -> None:
+        """Write every queued command in one pipelined round trip."""
+        batch, self._queue = self._queue, []
+        if not batch:
+            return
+
+        pipe = self._client.pipeline(transaction=False)
+        for command in batch:
+            await command(pipe)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except Exception:
+            # Nothing or part of it ran; running it again can only duplicate a
+            # delivery (the dedup window absorbs that), never lose one.
+            self._queue[:0] = batch
+            raise
+        for result in results:
+            if isinstance(result, Exception):
+                logger.error("settling command refused by Redis: %s", result)
