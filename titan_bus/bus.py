@@ -30,7 +30,7 @@ from titan_bus.connection import async_client, async_redis_errors
 from titan_bus.events import DEFAULT_PRIORITY, Event
 from titan_bus.keys import KeySpace
 from titan_bus.processor import Handler, Processor
-from titan_bus.publisher import EventFactory, Outgoing, Publisher
+from titan_bus.publisher import Durability, EventFactory, Outgoing, Publisher
 from titan_bus.topics import TopicRegistry
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,9 @@ class EventBus:
         self._owns_client = client is None
         self.client = client or async_client(self.config.redis)
         self.factory = EventFactory(self.topics, self.keys, source)
-        self._publisher = Publisher(self.client, self.factory)
+        self._publisher = Publisher(
+            self.client, self.factory, durability_from(self.config)
+        )
         self._handlers: dict[str, list[Handler]] = {}
         self.processor: Processor | None = None
 
@@ -119,14 +121,32 @@ class EventBus:
         headers: Mapping[str, str] | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        idempotency_key: str | None = None,
+        min_replicas: int | None = None,
     ) -> str:
         """Validate ``data`` against ``topic`` and publish it; return the event id.
+
+        Args:
+            topic: the topic, e.g. ``"chat.v1"``.
+            data: the payload, checked against the topic's schema.
+            priority: the lane, e.g. ``"high"``.
+            source: the publisher identity; the bus's ``source`` if None.
+            subject: optional subject within the source.
+            headers: extra CloudEvents extensions (lowercase names).
+            correlation_id: ties the event to a conversation or workflow.
+            causation_id: the id of the event that caused this one.
+            idempotency_key: a second publish with the same key (within
+                ``processor.idempotency_window_s``) stores nothing and
+                returns the first event's id.
+            min_replicas: replicas that must confirm the write (``WAIT``);
+                ``redis.min_replicas`` if None.
 
         Raises:
             UnknownTopicError: no such topic.
             ValidationError: the payload or an option is invalid.
             PayloadTooLargeError: the payload is over ``max_payload_bytes``.
             BusConnectionError: Redis did not take the write.
+            ReplicationError: fewer replicas than asked confirmed it in time.
         """
         return await self._publisher.publish(
             topic,
@@ -137,15 +157,20 @@ class EventBus:
             headers=headers,
             correlation_id=correlation_id,
             causation_id=causation_id,
+            idempotency_key=idempotency_key,
+            min_replicas=min_replicas,
         )
 
-    async def publish_many(self, items: Iterable[Outgoing]) -> list[str]:
+    async def publish_many(
+        self, items: Iterable[Outgoing], *, min_replicas: int | None = None
+    ) -> list[str]:
         """Publish several events in one round trip; all are validated first.
 
         Args:
             items: events from :meth:`event`, or ``(topic, data)`` pairs.
+            min_replicas: as for :meth:`publish`.
         """
-        return await self._publisher.publish_many(items)
+        return await self._publisher.publish_many(items, min_replicas=min_replicas)
 
     # -- handling ------------------------------------------------------------
 
@@ -188,3 +213,12 @@ class EventBus:
         """Ask a running :meth:`run` to finish in-flight work and return."""
         if self.processor is not None:
             self.processor.stop()
+
+
+def durability_from(config: BusConfig) -> Durability:
+    """Return the publish durability settings of ``config``."""
+    return Durability(
+        min_replicas=config.redis.min_replicas,
+        replica_timeout_ms=config.redis.replica_timeout_ms,
+        idempotency_window_s=config.processor.idempotency_window_s or 3600.0,
+    )

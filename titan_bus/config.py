@@ -42,6 +42,8 @@ class RedisConfig(_Section):
     url: str = DEFAULT_REDIS_URL
     socket_timeout_s: float = Field(default=5.0, gt=0)
     connect_timeout_s: float = Field(default=3.0, gt=0)
+    min_replicas: int = Field(default=0, ge=0)
+    replica_timeout_ms: int = Field(default=1000, ge=1)
 
     @field_validator("url")
     @classmethod

@@ -23,7 +23,7 @@ from titan_bus.keys import KeySpace
 
 # KEYS[1] idempotency key; KEYS[2] lane stream; ARGV[1] window in ms;
 # ARGV[2] event id; ARGV[3..] entry fields (name, value, ...).
-_PUBLISH_ONCE_LUA = """
+PUBLISH_ONCE_LUA = """
 local prior = redis.call('GET', KEYS[1])
 if prior then return prior end
 local fields = {}
@@ -67,11 +67,6 @@ class HandledMarks:
             pipe.exists(self._keys.done(event.topic, self._group, event.id))
 
         return [bool(n) for n in await pipe.execute()]
-
-
-def publish_once_script(client: Any) -> Any:
-    """Register the publish-once script on a (sync or async) client."""
-    return client.register_script(_PUBLISH_ONCE_LUA)
 
 
 def publish_once_args(

@@ -25,6 +25,10 @@ class BusConnectionError(TitanBusError):
     """Raised when Redis cannot be reached or a command fails on the wire."""
 
 
+class ReplicationError(BusConnectionError):
+    """Raised when fewer replicas than required confirmed a write in time."""
+
+
 class ValidationError(TitanBusError):
     """Raised when an event or its payload does not satisfy its topic's schema."""
 

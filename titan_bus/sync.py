@@ -9,11 +9,11 @@ from typing import Any
 
 import redis
 
-from titan_bus.bus import DEFAULT_SOURCE
+from titan_bus.bus import DEFAULT_SOURCE, durability_from
 from titan_bus.config import BusConfig, load_config
 from titan_bus.connection import redis_errors, sync_client
 from titan_bus.keys import KeySpace
-from titan_bus.publisher import EventFactory, Outgoing
+from titan_bus.publisher import EventFactory, Outgoing, StreamWrite
 from titan_bus.topics import TopicRegistry
 
 
@@ -39,6 +39,7 @@ class SyncPublisher:
             KeySpace(self.config.key_prefix),
             source,
         )
+        self.durability = durability_from(self.config)
         self._owns_client = client is None
         self.client = client or sync_client(self.config.redis)
 
@@ -65,20 +66,42 @@ class SyncPublisher:
         if self._owns_client:
             self.client.close()
 
-    def publish(self, topic: str, data: Mapping[str, Any], **options: Any) -> str:
+    def publish(
+        self,
+        topic: str,
+        data: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        min_replicas: int | None = None,
+        **options: Any,
+    ) -> str:
         """Validate and publish one event; return its id.
 
-        Keyword options are those of :meth:`EventBus.publish`.
+        Arguments are those of :meth:`EventBus.publish`.
         """
-        return self.publish_many([self.factory.event(topic, data, **options)])[0]
+        event = self.factory.event(topic, data, **options)
+        write = self.factory.write_for(event, idempotency_key=idempotency_key)
 
-    def publish_many(self, items: Iterable[Outgoing]) -> list[str]:
+        return self._write([write], min_replicas)[0]
+
+    def publish_many(
+        self, items: Iterable[Outgoing], *, min_replicas: int | None = None
+    ) -> list[str]:
         """Validate all items, then publish them in one pipelined round trip."""
         writes = [self.factory.write_for(item) for item in items]
+
+        return self._write(writes, min_replicas) if writes else []
+
+    def _write(self, writes: list[StreamWrite], min_replicas: int | None) -> list[str]:
+        replicas = self.durability.replicas(min_replicas)
         pipe = self.client.pipeline(transaction=False)
         for write in writes:
-            pipe.xadd(write.key, write.fields, maxlen=write.maxlen, approximate=True)
+            write.queue(pipe, window_s=self.durability.idempotency_window_s)
+        if replicas:
+            pipe.wait(replicas, self.durability.replica_timeout_ms)
         with redis_errors(f"publish {len(writes)} events", self.config.redis.url):
-            pipe.execute()
+            replies = pipe.execute()
+        if replicas:
+            self.durability.check(replies[-1], replicas)
 
-        return [write.event.id for write in writes]
+        return [w.stored_id(r) for w, r in zip(writes, replies, strict=False)]
