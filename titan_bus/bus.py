@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 
 from titan_bus.config import BusConfig, load_config
 from titan_bus.connection import async_client, async_redis_errors
+from titan_bus.dlq import DeadLetters
 from titan_bus.events import DEFAULT_PRIORITY, Event
 from titan_bus.keys import KeySpace
 from titan_bus.processor import Handler, Processor
@@ -65,6 +66,9 @@ class EventBus:
         )
         self._handlers: dict[str, list[Handler]] = {}
         self.processor: Processor | None = None
+        self.dead_letters = DeadLetters(
+            self.client, keys=self.keys, registry=self.topics
+        )
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **options: Any) -> EventBus:

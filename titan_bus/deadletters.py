@@ -7,13 +7,22 @@ fields as JSON in ``raw``) next to the reason it was set aside.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from titan_bus.codec import EVENT_FIELD, EntryFields, canonical_json, raw_fields_text
+from titan_bus.codec import (
+    EVENT_FIELD,
+    EntryFields,
+    canonical_json,
+    decode_entry,
+    raw_fields_text,
+)
+from titan_bus.errors import TitanBusError
+from titan_bus.events import Event
 
 TRACEBACK_LINES = 12
 
@@ -96,3 +105,78 @@ def _is_json(raw: bytes) -> bool:
         return False
 
     return True
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One entry of a topic's dead letters, as read back.
+
+    Attributes:
+        dlq_id: its id in the dead-letter stream.
+        topic: the topic.
+        event: the original event, or None if the entry was not a valid one.
+        raw: the raw fields of an entry that was not a valid event, else None.
+        failure: error_type, error_message, traceback, attempts, consumer,
+            first_failed_at, last_failed_at, lane, entry_id.
+        stored: the envelope exactly as stored, for a byte-exact replay.
+    """
+
+    dlq_id: str
+    topic: str
+    event: Event | None
+    raw: dict[str, str] | None
+    failure: dict[str, Any]
+    stored: bytes | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the envelope's attributes next to the failure's, for ``--json``."""
+        body: dict[str, Any] = {"dlq_id": self.dlq_id, "topic": self.topic}
+        if self.event is not None:
+            body.update(self.event.to_cloudevent())
+        else:
+            body["raw"] = self.raw
+        for name in FAILURE_KEYS:
+            body[name] = self.failure.get(name)
+
+        return body
+
+
+FAILURE_KEYS = (
+    "error_type",
+    "error_message",
+    "attempts",
+    "first_failed_at",
+    "last_failed_at",
+    "consumer",
+    "lane",
+    "entry_id",
+    "traceback",
+)
+
+
+def read_dead_letter(topic: str, dlq_id: str, fields: dict[bytes, bytes]) -> DeadLetter:
+    """Rebuild a :class:`DeadLetter` from its stream entry; never raises on bad data."""
+    failure = _json_object(fields.get(b"failure"))
+    event = None
+    if EVENT_FIELD in fields:
+        with contextlib.suppress(TitanBusError):
+            event = decode_entry({EVENT_FIELD: fields[EVENT_FIELD]})
+    raw = None
+    if event is None:
+        raw_json = _json_object(fields.get(b"raw"))
+        raw = {str(k): str(v) for k, v in raw_json.items()} or raw_fields_text(fields)
+
+    stored = fields[EVENT_FIELD] if event is not None else None
+
+    return DeadLetter(dlq_id, topic, event, raw, failure, stored)
+
+
+def _json_object(raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"error_message": raw.decode("utf-8", "backslashreplace")}
+
+    return value if isinstance(value, dict) else {}
