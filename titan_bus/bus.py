@@ -30,6 +30,7 @@ from titan_bus.connection import async_client, async_redis_errors
 from titan_bus.dlq import DeadLetters
 from titan_bus.events import DEFAULT_PRIORITY, Event
 from titan_bus.keys import KeySpace
+from titan_bus.observe import Observer
 from titan_bus.processor import Handler, Processor
 from titan_bus.publisher import Durability, EventFactory, Outgoing, Publisher
 from titan_bus.topics import TopicRegistry
@@ -46,6 +47,7 @@ class EventBus:
         config: the resolved configuration (see :func:`load_config`).
         source: the publisher identity stamped on events that name none.
         client: an asyncio Redis client to use instead of one from the config.
+        observer: receives what the bus does (metrics, tracing); none if None.
     """
 
     def __init__(
@@ -54,13 +56,15 @@ class EventBus:
         *,
         source: str = DEFAULT_SOURCE,
         client: aioredis.Redis | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.config = config or BusConfig()
+        self.observer = observer or Observer()
         self.topics = TopicRegistry.from_config(self.config)
         self.keys = KeySpace(self.config.key_prefix)
         self._owns_client = client is None
         self.client = client or async_client(self.config.redis)
-        self.factory = EventFactory(self.topics, self.keys, source)
+        self.factory = EventFactory(self.topics, self.keys, source, self.observer)
         self._publisher = Publisher(
             self.client, self.factory, durability_from(self.config)
         )
@@ -206,6 +210,7 @@ class EventBus:
             config=self.config.processor,
             handlers=self._handlers,
             consumer=consumer,
+            observer=self.observer,
         )
 
     async def run(self, *, consumer: str | None = None) -> None:

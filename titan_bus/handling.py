@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 from titan_bus.deadletters import Failure
 from titan_bus.events import Event
+from titan_bus.observe import Observer, Outcome
 from titan_bus.settle import Delivery, Settler
 from titan_bus.signals import Reject, RetryLater
 from titan_bus.topics import Topic, TopicRegistry
@@ -53,6 +54,7 @@ class HandlerRunner:
         handlers: topic name to the handlers run, in order, for each event.
         settler: where outcomes are written.
         consumer: this consumer's name, recorded with dead letters.
+        observer: told how each delivery ended and how long it ran.
     """
 
     def __init__(
@@ -62,7 +64,9 @@ class HandlerRunner:
         handlers: Mapping[str, Sequence[Handler]],
         settler: Settler,
         consumer: str,
+        observer: Observer,
     ) -> None:
+        self._observer = observer
         self._registry = registry
         self._handlers = handlers
         self._settler = settler
@@ -72,26 +76,35 @@ class HandlerRunner:
         """Run every handler of the delivery's topic, then settle it."""
         event, lane = delivery.event, delivery.lane
         topic = self._registry.get(lane.topic)
+        error: BaseException | None = None
+        started = time.perf_counter()
         try:
-            for handler in self._handlers[lane.topic]:
-                await asyncio.wait_for(handler(event), timeout=topic.handler_timeout_s)
+            with self._observer.handle_scope(event, lane.name):
+                for handler in self._handlers[lane.topic]:
+                    await asyncio.wait_for(handler(event), topic.handler_timeout_s)
         except Reject as signal:
             logger.warning(
                 "%s event %s rejected by handler (%s); dead-lettering",
-                lane.topic,
-                event.id,
-                signal.reason or "no reason",
-            )
-            self._give_up(delivery, signal)
+                lane.topic, event.id, signal.reason or "no reason",
+            )  # fmt: skip
+            error, outcome = signal, self._give_up(delivery, signal)
         except Exception as exc:
-            self.failed(delivery, topic, _as_failure(exc, topic))
+            error = _as_failure(exc, topic)
+            outcome = self.failed(delivery, topic, error)
         else:
-            logger.debug(
-                "handled %s event %s (lane %s)", lane.topic, event.id, lane.name
-            )
+            logger.debug("handled %s event %s (%s)", lane.topic, event.id, lane.name)
+            outcome = "handled"
             self._settler.ack(delivery)
+        elapsed = time.perf_counter() - started
+        self._observer.on_outcome(event, lane.name, outcome, elapsed, error)
 
-    def failed(self, delivery: Delivery, topic: Topic, exc: BaseException) -> None:
+    def crashed(self, delivery: Delivery, exc: BaseException) -> None:
+        """Settle a delivery whose runs kept stopping its processor."""
+        topic = self._registry.get(delivery.lane.topic)
+        outcome = self.failed(delivery, topic, exc)
+        self._observer.on_outcome(delivery.event, delivery.lane.name, outcome, 0.0, exc)
+
+    def failed(self, delivery: Delivery, topic: Topic, exc: BaseException) -> Outcome:
         """Retry the delivery later, or dead-letter it if attempts are spent."""
         event = delivery.event
         if event.attempt > topic.retry_limit:
@@ -103,8 +116,7 @@ class HandlerRunner:
                 type(exc).__name__,
                 exc,
             )
-            self._give_up(delivery, exc)
-            return
+            return self._give_up(delivery, exc)
 
         delay = backoff_s(
             event.attempt, base_s=topic.retry_base_s, max_s=topic.retry_max_s
@@ -123,7 +135,9 @@ class HandlerRunner:
         )
         self._settler.retry(delivery, delay_s=delay, failed_ms=int(time.time() * 1000))
 
-    def _give_up(self, delivery: Delivery, exc: BaseException) -> None:
+        return "retried"
+
+    def _give_up(self, delivery: Delivery, exc: BaseException) -> Outcome:
         first = delivery.first_failed_ms
         failure = Failure.from_exception(
             exc,
@@ -134,6 +148,8 @@ class HandlerRunner:
             ),
         )
         self._settler.dead_letter(delivery, failure)
+
+        return "rejected" if isinstance(exc, Reject) else "dead_lettered"
 
 
 def _as_failure(exc: Exception, topic: Topic) -> BaseException:

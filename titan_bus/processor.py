@@ -33,6 +33,7 @@ from titan_bus.handling import Handler, HandlerRunner
 from titan_bus.housekeeping import Housekeeper
 from titan_bus.keys import KeySpace
 from titan_bus.lanes import Lane
+from titan_bus.observe import Observer
 from titan_bus.reader import Entry, LaneReader
 from titan_bus.recovery import Claimed, Claimer
 from titan_bus.retention import Retention
@@ -65,6 +66,7 @@ class Processor:
         config: group name, concurrency, block time, shutdown grace.
         handlers: topic name to the handlers run, in order, for each event.
         consumer: this consumer's name; unique per process if omitted.
+        observer: receives what the processor does; nothing if None.
     """
 
     def __init__(
@@ -76,8 +78,10 @@ class Processor:
         config: ProcessorConfig,
         handlers: Mapping[str, Sequence[Handler]],
         consumer: str | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._client = client
+        self._observer = observer or Observer()
         self._registry = registry
         self.config = config
         self.group = config.group
@@ -121,6 +125,7 @@ class Processor:
             handlers={t: list(hs) for t, hs in handlers.items()},
             settler=self._settler,
             consumer=self.consumer,
+            observer=self._observer,
         )
         self._claimer = Claimer(
             client, keys=keys, group=self.group, consumer=self.consumer
@@ -302,6 +307,7 @@ class Processor:
                 lane.name,
             )
             self._settler.drop(lane, [entry.entry_id])
+            self._observer.on_dropped(lane.topic, lane.name, "vanished")
             return None
         try:
             event = decode_entry(entry.fields)
@@ -317,6 +323,7 @@ class Processor:
                 "MalformedEntryError", str(exc), deliveries, self.consumer
             )
             self._settler.set_aside(lane, entry.entry_id, entry.fields, failure)
+            self._observer.on_dropped(lane.topic, lane.name, "malformed")
             return None
         if deliveries > 1:
             event = event.with_attempt(event.attempt + deliveries - 1)
@@ -342,6 +349,9 @@ class Processor:
                 self.group,
             )
             self._settler.drop(delivery.lane, [delivery.entry_id])
+            self._observer.on_dropped(
+                delivery.lane.topic, delivery.lane.name, "duplicate"
+            )
 
         return fresh
 
@@ -381,7 +391,7 @@ class Processor:
                 f"the processor handling it stopped during {suspect.deliveries - 1} "
                 "deliveries, the last time with no other event in flight"
             )
-            self._runner.failed(delivery, topic, crash)
+            self._runner.crashed(delivery, crash)
         else:
             if delivery.event.attempt > topic.retry_limit + 1:
                 capped = delivery.event.with_attempt(topic.retry_limit + 1)

@@ -9,6 +9,7 @@ reaches Redis unless every check passed.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from titan_bus.dedup import PUBLISH_ONCE_LUA, publish_once_args
 from titan_bus.errors import PayloadTooLargeError, ReplicationError, ValidationError
 from titan_bus.events import DEFAULT_PRIORITY, Event
 from titan_bus.keys import KeySpace
+from titan_bus.observe import Observer
 from titan_bus.topics import TopicRegistry
 
 logger = logging.getLogger(__name__)
@@ -65,10 +67,17 @@ class StreamWrite:
 class EventFactory:
     """Turns a topic and payload into a validated event and its stream write."""
 
-    def __init__(self, registry: TopicRegistry, keys: KeySpace, source: str) -> None:
+    def __init__(
+        self,
+        registry: TopicRegistry,
+        keys: KeySpace,
+        source: str,
+        observer: Observer | None = None,
+    ) -> None:
         self.registry = registry
         self.keys = keys
         self.source = source
+        self.observer = observer or Observer()
 
     def event(
         self,
@@ -97,6 +106,7 @@ class EventFactory:
             all_headers["correlationid"] = correlation_id
         if causation_id is not None:
             all_headers["causationid"] = causation_id
+        self.observer.on_create(topic, all_headers)
         try:
             event = Event(
                 source=source or self.source,
@@ -226,8 +236,12 @@ class Publisher:
             write.queue(pipe, window_s=self.durability.idempotency_window_s)
         if replicas:
             pipe.wait(replicas, self.durability.replica_timeout_ms)
+        started = time.perf_counter()
         async with async_redis_errors(f"publish {len(writes)} events"):
             replies = await pipe.execute()
+        self.factory.observer.on_published(
+            [w.event for w in writes], time.perf_counter() - started
+        )
         if replicas:
             self.durability.check(replies[-1], replicas)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -13,6 +14,7 @@ from titan_bus.bus import DEFAULT_SOURCE, durability_from
 from titan_bus.config import BusConfig, load_config
 from titan_bus.connection import redis_errors, sync_client
 from titan_bus.keys import KeySpace
+from titan_bus.observe import Observer
 from titan_bus.publisher import EventFactory, Outgoing, StreamWrite
 from titan_bus.topics import TopicRegistry
 
@@ -32,12 +34,14 @@ class SyncPublisher:
         *,
         source: str = DEFAULT_SOURCE,
         client: redis.Redis | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.config = config or BusConfig()
         self.factory = EventFactory(
             TopicRegistry.from_config(self.config),
             KeySpace(self.config.key_prefix),
             source,
+            observer,
         )
         self.durability = durability_from(self.config)
         self._owns_client = client is None
@@ -99,8 +103,12 @@ class SyncPublisher:
             write.queue(pipe, window_s=self.durability.idempotency_window_s)
         if replicas:
             pipe.wait(replicas, self.durability.replica_timeout_ms)
+        started = time.perf_counter()
         with redis_errors(f"publish {len(writes)} events", self.config.redis.url):
             replies = pipe.execute()
+        self.factory.observer.on_published(
+            [w.event for w in writes], time.perf_counter() - started
+        )
         if replicas:
             self.durability.check(replies[-1], replicas)
 
