@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 import yaml
@@ -108,6 +108,22 @@ class ProcessorConfig(_Section):
     retention_interval_s: float = Field(default=5.0, gt=0)
 
 
+class MetricsConfig(_Section):
+    """Where a processor serves ``/metrics``, ``/healthz`` and ``/readyz``."""
+
+    port: int | None = Field(default=None, ge=0, le=65535)
+    host: str = "127.0.0.1"
+
+
+class TracingConfig(_Section):
+    """OpenTelemetry tracing: ``none`` (default, zero cost), ``console`` or ``otlp``."""
+
+    exporter: Literal["none", "console", "otlp"] = "none"
+    endpoint: str | None = None
+    protocol: Literal["grpc", "http"] = "http"
+    service_name: str = "titan-bus"
+
+
 class BusConfig(_Section):
     """The whole configuration of one bus."""
 
@@ -121,6 +137,8 @@ class BusConfig(_Section):
     defaults: TopicDefaults = TopicDefaults()
     processor: ProcessorConfig = ProcessorConfig()
     streams: list[StreamConfig] = Field(default_factory=list)
+    metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @field_validator("priorities")
     @classmethod
