@@ -30,6 +30,7 @@ from titan_bus.connection import async_client, async_redis_errors
 from titan_bus.dlq import DeadLetters
 from titan_bus.events import DEFAULT_PRIORITY, Event
 from titan_bus.keys import KeySpace
+from titan_bus.limits import Bucket, FlowGate, default_burst
 from titan_bus.observe import Observer
 from titan_bus.processor import Handler, Processor
 from titan_bus.publisher import Durability, EventFactory, Outgoing, Publisher
@@ -211,6 +212,7 @@ class EventBus:
             handlers=self._handlers,
             consumer=consumer,
             observer=self.observer,
+            gate=flow_gate(self.client, self.config, self.topics, list(self._handlers)),
         )
 
     async def run(self, *, consumer: str | None = None) -> None:
@@ -231,3 +233,25 @@ def durability_from(config: BusConfig) -> Durability:
         replica_timeout_ms=config.redis.replica_timeout_ms,
         idempotency_window_s=config.processor.idempotency_window_s or 3600.0,
     )
+
+
+def flow_gate(
+    client: aioredis.Redis,
+    config: BusConfig,
+    topics: TopicRegistry,
+    names: list[str],
+) -> FlowGate:
+    """Return the rate limits a processor of ``names`` must respect."""
+    keys = KeySpace(config.key_prefix)
+    buckets = {}
+    for name in names:
+        topic = topics.get(name)
+        if topic.rate_limit is not None:
+            burst = topic.rate_burst or default_burst(topic.rate_limit)
+            buckets[name] = Bucket(keys.rate(name), topic.rate_limit, burst, name)
+    shared = None
+    if (rate := config.global_rate_limit) is not None:
+        burst = config.global_rate_burst or default_burst(rate)
+        shared = Bucket(keys.shared("rate"), rate, burst, "global")
+
+    return FlowGate(client, topic_buckets=buckets, global_bucket=shared)

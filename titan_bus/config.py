@@ -65,6 +65,11 @@ class TopicDefaults(_Section):
     handler_timeout_s: float = Field(default=30.0, gt=0)
     claim_idle_s: float = Field(default=60.0, gt=0)
     max_payload_bytes: int | None = Field(default=None, ge=1)
+    rate_burst: int | None = Field(default=None, ge=1, description="events")
+    strict_priority: bool = False
+    max_backlog: int | None = Field(default=None, ge=1, description="events")
+    backlog_policy: Literal["reject", "block"] = "reject"
+    backlog_timeout_s: float = Field(default=5.0, ge=0)
 
 
 class StreamConfig(_Section):
@@ -79,6 +84,11 @@ class StreamConfig(_Section):
     handler_timeout_s: float | None = Field(default=None, gt=0)
     claim_idle_s: float | None = Field(default=None, gt=0)
     max_payload_bytes: int | None = Field(default=None, ge=1)
+    rate_burst: int | None = Field(default=None, ge=1)
+    strict_priority: bool | None = None
+    max_backlog: int | None = Field(default=None, ge=1)
+    backlog_policy: Literal["reject", "block"] | None = None
+    backlog_timeout_s: float | None = Field(default=None, ge=0)
     priorities: dict[str, int] | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     description: str = ""
@@ -124,6 +134,15 @@ class TracingConfig(_Section):
     service_name: str = "titan-bus"
 
 
+class PublisherConfig(_Section):
+    """Quotas of one publisher identity (the event ``source``, e.g. a plugin)."""
+
+    name: str = Field(min_length=1, max_length=256)
+    rate_limit: float | None = Field(default=None, gt=0, description="events/s")
+    rate_burst: int | None = Field(default=None, ge=1, description="events")
+    max_payload_bytes: int | None = Field(default=None, ge=1)
+
+
 class BusConfig(_Section):
     """The whole configuration of one bus."""
 
@@ -131,12 +150,14 @@ class BusConfig(_Section):
     key_prefix: str = Field(default="titan", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     max_payload_bytes: int = Field(default=1_048_576, ge=1)
     global_rate_limit: float | None = Field(default=None, gt=0)
+    global_rate_burst: int | None = Field(default=None, ge=1)
     priorities: dict[str, int] = Field(
         default_factory=lambda: {"high": 5, "normal": 3, "low": 1}
     )
     defaults: TopicDefaults = TopicDefaults()
     processor: ProcessorConfig = ProcessorConfig()
     streams: list[StreamConfig] = Field(default_factory=list)
+    publishers: list[PublisherConfig] = Field(default_factory=list)
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
 

@@ -10,6 +10,9 @@ one ACL pattern, ``<prefix>:{<topic>}:*``, covers exactly that topic::
     titan:{chat.v1}:done:G:ID      group G handled event ID (expires)
     titan:{chat.v1}:idem:K         publisher idempotency key K (expires)
     titan:{chat.v1}:suspects       claimed entries being retried alone
+    titan:{chat.v1}:rate           handling rate limit of the topic
+    titan:bus:rate                 bus-wide handling rate limit
+    titan:bus:quota:NAME           publish quota of publisher NAME
 
 Keys shared by all topics are few and sit under ``<prefix>:bus:``.
 """
@@ -52,6 +55,14 @@ class KeySpace:
     def suspects(self, topic: str) -> str:
         """Return the hash of claimed entries being retried alone (see recovery)."""
         return f"{self.prefix}:{{{topic}}}:suspects"
+
+    def rate(self, topic: str) -> str:
+        """Return the rate-limit bucket of ``topic`` (events handled per second)."""
+        return f"{self.prefix}:{{{topic}}}:rate"
+
+    def quota(self, publisher: str) -> str:
+        """Return the publish-rate bucket of one publisher identity."""
+        return self.shared(f"quota:{publisher}")
 
     def shared(self, name: str) -> str:
         """Return a key shared by all topics, e.g. the global rate limiter."""

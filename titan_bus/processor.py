@@ -33,6 +33,7 @@ from titan_bus.handling import Handler, HandlerRunner
 from titan_bus.housekeeping import Housekeeper
 from titan_bus.keys import KeySpace
 from titan_bus.lanes import Lane
+from titan_bus.limits import FlowGate
 from titan_bus.observe import Observer
 from titan_bus.reader import Entry, LaneReader
 from titan_bus.recovery import Claimed, Claimer
@@ -67,6 +68,7 @@ class Processor:
         handlers: topic name to the handlers run, in order, for each event.
         consumer: this consumer's name; unique per process if omitted.
         observer: receives what the processor does; nothing if None.
+        gate: the rate limits to respect; none if None.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Processor:
         handlers: Mapping[str, Sequence[Handler]],
         consumer: str | None = None,
         observer: Observer | None = None,
+        gate: FlowGate | None = None,
     ) -> None:
         self._client = client
         self._observer = observer or Observer()
@@ -98,7 +101,9 @@ class Processor:
             group=self.group,
             consumer=self.consumer,
             block_ms=config.block_ms,
+            strict_topics=[t.name for t in topics if t.strict_priority],
         )
+        self._gate = gate or FlowGate(client, topic_buckets={}, global_bucket=None)
         delayed = {
             t.name: DelayedSet(
                 client,
@@ -142,6 +147,7 @@ class Processor:
         self._claim_every_s = min(
             CLAIM_CHECK_MAX_S, max(CLAIM_CHECK_MIN_S, min(idle) / 2)
         )
+        self._topics = [t.name for t in topics]
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
         self.duplicates = 0
@@ -251,8 +257,23 @@ class Processor:
         if free <= 0 or not self.lanes:
             await self._wait_for_slot()
             return
+        if not self._gate.active:
+            await self._dispatch(await self._reader.read_new(free))
+            return
 
-        await self._dispatch(await self._reader.read_new(free))
+        permits = await self._gate.take(free, self._topics)
+        if permits.total <= 0 or all(permits.caps.get(t, 1) <= 0 for t in self._topics):
+            for scope in permits.blocked_by():
+                topic, kind = ("*", "global") if scope == "global" else (scope, "topic")
+                self._observer.on_rate_limited(topic, kind)
+            await self._sleep(min(permits.wait_s(), self.config.block_ms / 1000))
+            return
+        entries = await self._reader.read_new(min(free, permits.total), permits.caps)
+        used: dict[str, int] = {}
+        for entry in entries:
+            used[entry.lane.topic] = used.get(entry.lane.topic, 0) + 1
+        await self._gate.give_back(permits, used)
+        await self._dispatch(entries)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -9,7 +9,7 @@ request per ``block_ms`` and a lost connection is noticed within it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,24 @@ import redis.asyncio as aioredis
 from redis.typing import KeyT, StreamIdT
 
 from titan_bus.lanes import Lane, LaneScheduler
+
+# KEYS lane streams of one topic, highest priority first; ARGV[1] group;
+# ARGV[2] consumer; ARGV[3] entries wanted. Reads lanes strictly in order:
+# a lower lane is read only for what the higher ones could not fill.
+_STRICT_READ_LUA = """
+local left = tonumber(ARGV[3])
+local out = {}
+for _, key in ipairs(KEYS) do
+  if left <= 0 then break end
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left,
+                       'STREAMS', key, '>')
+  if r then
+    left = left - #r[1][2]
+    out[#out + 1] = r[1]
+  end
+end
+return out
+"""
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,8 @@ class LaneReader:
         group: the consumer group.
         consumer: this consumer's name.
         block_ms: how long an idle read blocks, in milliseconds.
+        strict_topics: topics whose lanes are read strictly in priority order
+            (the lanes of ``lanes`` must be given highest priority first).
     """
 
     def __init__(
@@ -58,6 +78,7 @@ class LaneReader:
         group: str,
         consumer: str,
         block_ms: int,
+        strict_topics: Sequence[str] = (),
     ) -> None:
         self._client = client
         self._lanes = list(lanes)
@@ -66,6 +87,10 @@ class LaneReader:
         self._consumer = consumer
         self._block_ms = block_ms
         self._scheduler = LaneScheduler(self._lanes)
+        self._strict = {
+            topic: [lane for lane in self._lanes if lane.topic == topic]
+            for topic in strict_topics
+        }
 
     async def read_own_pending(self) -> list[Entry]:
         """Return every entry already delivered to this consumer, not yet acked."""
@@ -76,35 +101,89 @@ class LaneReader:
 
         return self._entries(reply)
 
-    async def read_new(self, free: int) -> list[Entry]:
-        """Return up to about ``free`` new entries, shared between lanes by weight."""
-        plan = self._scheduler.plan(free)
+    async def read_new(
+        self, free: int, caps: Mapping[str, int] | None = None
+    ) -> list[Entry]:
+        """Return up to about ``free`` new entries, shared between lanes by weight.
+
+        Args:
+            free: free handler slots.
+            caps: topic name to the most entries it may return now (rate
+                limits); topics not named are not capped.
+        """
+        plan = _capped(self._scheduler.plan(free), self._by_key, caps or {})
         pipe = self._client.pipeline(transaction=False)
-        for key, count in plan.items():
-            pipe.xreadgroup(self._group, self._consumer, {key: ">"}, count=count)
+        reads = self._queue_reads(pipe, plan)
 
         entries: list[Entry] = []
-        for (key, asked), reply in zip(plan.items(), await pipe.execute(), strict=True):
-            got = self._entries(reply)
-            self._scheduler.record(key, asked, len(got))
-            entries.extend(got)
-        if entries:
+        for (lanes, asked), reply in zip(reads, await pipe.execute(), strict=True):
+            entries.extend(self._record(lanes, asked, reply))
+        if entries or not plan:
             return entries
 
-        return await self._blocking_read(free)
+        return await self._blocking_read(free, caps or {})
 
-    async def _blocking_read(self, free: int) -> list[Entry]:
-        streams: dict[KeyT, StreamIdT] = {lane.key: ">" for lane in self._lanes}
+    def _queue_reads(
+        self, pipe: Any, plan: dict[str, int]
+    ) -> list[tuple[list[Lane], int]]:
+        """Queue one read per lane (one script per strict topic) on ``pipe``."""
+        reads: list[tuple[list[Lane], int]] = []
+        for topic, lanes in _by_topic(plan, self._by_key).items():
+            if topic in self._strict:
+                ordered = self._strict[topic]
+                total = sum(plan[lane.key] for lane in lanes)
+                keys = [lane.key for lane in ordered]
+                args = [self._group, self._consumer, total]
+                pipe.eval(_STRICT_READ_LUA, len(keys), *keys, *args)
+                reads.append((ordered, total))
+                continue
+            for lane in lanes:
+                count = plan[lane.key]
+                pipe.xreadgroup(
+                    self._group, self._consumer, {lane.key: ">"}, count=count
+                )
+                reads.append(([lane], count))
+
+        return reads
+
+    def _record(self, lanes: list[Lane], asked: int, reply: Any) -> list[Entry]:
+        raw = len(lanes) > 1
+        got = self._raw_entries(reply) if raw else self._entries(reply)
+        for lane in lanes:
+            from_lane = sum(1 for e in got if e.lane is lane)
+            self._scheduler.record(lane.key, asked if not raw else 1, from_lane)
+
+        return got
+
+    async def _blocking_read(self, free: int, caps: Mapping[str, int]) -> list[Entry]:
+        lanes = [lane for lane in self._lanes if caps.get(lane.topic, free) > 0]
+        if not lanes:
+            return []
+        count = min(
+            [free // len(lanes), *(caps[ln.topic] for ln in lanes if ln.topic in caps)]
+        )
+        streams: dict[KeyT, StreamIdT] = {lane.key: ">" for lane in lanes}
         reply = await self._client.xreadgroup(
             self._group,
             self._consumer,
             streams,
-            count=max(1, free // len(streams)),
+            count=max(1, count),
             block=self._block_ms,
         )
         entries = self._entries(reply)
         for entry in entries:
             self._scheduler.wake(entry.lane.key)
+
+        return entries
+
+    def _raw_entries(self, reply: Any) -> list[Entry]:
+        """Parse a script's XREADGROUP replies (fields as flat name/value lists)."""
+        entries: list[Entry] = []
+        for key, items in reply or []:
+            lane = self._by_key[_text(key)]
+            for entry_id, flat in items:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                entries.append(Entry(lane, _text(entry_id), fields))
 
         return entries
 
@@ -116,6 +195,33 @@ class LaneReader:
                 entries.append(Entry(lane, _text(entry_id), fields))
 
         return entries
+
+
+def _capped(
+    plan: dict[str, int], by_key: Mapping[str, Lane], caps: Mapping[str, int]
+) -> dict[str, int]:
+    """Return ``plan`` with each capped topic's lanes cut to its cap, in order."""
+    left = dict(caps)
+    out: dict[str, int] = {}
+    for key, count in plan.items():
+        topic = by_key[key].topic
+        take = min(count, left[topic]) if topic in left else count
+        if take > 0:
+            out[key] = take
+            if topic in left:
+                left[topic] -= take
+
+    return out
+
+
+def _by_topic(
+    plan: dict[str, int], by_key: Mapping[str, Lane]
+) -> dict[str, list[Lane]]:
+    grouped: dict[str, list[Lane]] = {}
+    for key in plan:
+        grouped.setdefault(by_key[key].topic, []).append(by_key[key])
+
+    return grouped
 
 
 def _text(value: bytes | str) -> str:

@@ -37,6 +37,11 @@ class Topic:
         handler_timeout_s: a handler running longer has failed, in seconds.
         claim_idle_s: idle time after which another processor may claim, in s.
         max_payload_bytes: largest serialized payload accepted, in bytes.
+        rate_burst: tokens the rate limiter may grant at once, in events.
+        strict_priority: higher lanes always first (else weighted sharing).
+        max_backlog: unacknowledged events above which publishing stops.
+        backlog_policy: ``reject`` raises at once, ``block`` waits.
+        backlog_timeout_s: how long ``block`` waits, in seconds.
     """
 
     name: str
@@ -50,6 +55,11 @@ class Topic:
     claim_idle_s: float
     max_payload_bytes: int
     validator: PayloadValidator = field(repr=False, compare=False)
+    rate_burst: int | None = None
+    strict_priority: bool = False
+    max_backlog: int | None = None
+    backlog_policy: str = "reject"
+    backlog_timeout_s: float = 5.0
 
     def validate(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """Return ``data`` checked against this topic's schema.
@@ -150,4 +160,9 @@ def _resolve(name: str, entry: StreamConfig | None, config: BusConfig) -> Topic:
         claim_idle_s=pick("claim_idle_s"),
         max_payload_bytes=pick("max_payload_bytes") or config.max_payload_bytes,
         validator=validator,
+        rate_burst=pick("rate_burst"),
+        strict_priority=pick("strict_priority"),
+        max_backlog=pick("max_backlog"),
+        backlog_policy=pick("backlog_policy"),
+        backlog_timeout_s=pick("backlog_timeout_s"),
     )
