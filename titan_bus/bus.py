@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,11 +31,12 @@ from titan_bus.connection import async_client, async_redis_errors
 from titan_bus.dlq import DeadLetters
 from titan_bus.events import DEFAULT_PRIORITY, Event
 from titan_bus.keys import KeySpace
-from titan_bus.limits import Bucket, FlowGate, default_burst
 from titan_bus.observe import Observer
+from titan_bus.outgoing import EventFactory, Outgoing
 from titan_bus.processor import Handler, Processor
-from titan_bus.publisher import Durability, EventFactory, Outgoing, Publisher
+from titan_bus.publisher import QuotaPolicy
 from titan_bus.topics import TopicRegistry
+from titan_bus.wiring import build_flow_gate, build_publisher
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +67,19 @@ class EventBus:
         self.keys = KeySpace(self.config.key_prefix)
         self._owns_client = client is None
         self.client = client or async_client(self.config.redis)
-        self.factory = EventFactory(self.topics, self.keys, source, self.observer)
-        self._publisher = Publisher(
-            self.client, self.factory, durability_from(self.config)
+        self._publisher = build_publisher(
+            self.client, self.config, self.topics, source=source, observer=self.observer
         )
         self._handlers: dict[str, list[Handler]] = {}
         self.processor: Processor | None = None
         self.dead_letters = DeadLetters(
             self.client, keys=self.keys, registry=self.topics
         )
+
+    @property
+    def factory(self) -> EventFactory:
+        """Builds and checks this bus's events (see :meth:`event`)."""
+        return self._publisher.factory
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **options: Any) -> EventBus:
@@ -131,7 +137,10 @@ class EventBus:
         correlation_id: str | None = None,
         causation_id: str | None = None,
         idempotency_key: str | None = None,
+        delay_s: float | None = None,
+        at: datetime | None = None,
         min_replicas: int | None = None,
+        on_quota: QuotaPolicy = "raise",
     ) -> str:
         """Validate ``data`` against ``topic`` and publish it; return the event id.
 
@@ -147,13 +156,19 @@ class EventBus:
             idempotency_key: a second publish with the same key (within
                 ``processor.idempotency_window_s``) stores nothing and
                 returns the first event's id.
+            delay_s: hold the event in Redis this many seconds first.
+            at: hold the event until this time (timezone-aware).
             min_replicas: replicas that must confirm the write (``WAIT``);
                 ``redis.min_replicas`` if None.
+            on_quota: over the publisher's quota, ``"raise"`` at once or
+                ``"wait"`` for it.
 
         Raises:
             UnknownTopicError: no such topic.
             ValidationError: the payload or an option is invalid.
             PayloadTooLargeError: the payload is over ``max_payload_bytes``.
+            RateLimitError: the publisher is over its quota (``retry_after_s``).
+            BacklogFullError: the topic holds ``max_backlog`` unacked events.
             BusConnectionError: Redis did not take the write.
             ReplicationError: fewer replicas than asked confirmed it in time.
         """
@@ -167,19 +182,29 @@ class EventBus:
             correlation_id=correlation_id,
             causation_id=causation_id,
             idempotency_key=idempotency_key,
+            delay_s=delay_s,
+            at=at,
             min_replicas=min_replicas,
+            on_quota=on_quota,
         )
 
     async def publish_many(
-        self, items: Iterable[Outgoing], *, min_replicas: int | None = None
+        self,
+        items: Iterable[Outgoing],
+        *,
+        min_replicas: int | None = None,
+        on_quota: QuotaPolicy = "raise",
     ) -> list[str]:
         """Publish several events in one round trip; all are validated first.
 
         Args:
             items: events from :meth:`event`, or ``(topic, data)`` pairs.
             min_replicas: as for :meth:`publish`.
+            on_quota: as for :meth:`publish`.
         """
-        return await self._publisher.publish_many(items, min_replicas=min_replicas)
+        return await self._publisher.publish_many(
+            items, min_replicas=min_replicas, on_quota=on_quota
+        )
 
     # -- handling ------------------------------------------------------------
 
@@ -212,7 +237,9 @@ class EventBus:
             handlers=self._handlers,
             consumer=consumer,
             observer=self.observer,
-            gate=flow_gate(self.client, self.config, self.topics, list(self._handlers)),
+            gate=build_flow_gate(
+                self.client, self.config, self.topics, list(self._handlers)
+            ),
         )
 
     async def run(self, *, consumer: str | None = None) -> None:
@@ -224,34 +251,3 @@ class EventBus:
         """Ask a running :meth:`run` to finish in-flight work and return."""
         if self.processor is not None:
             self.processor.stop()
-
-
-def durability_from(config: BusConfig) -> Durability:
-    """Return the publish durability settings of ``config``."""
-    return Durability(
-        min_replicas=config.redis.min_replicas,
-        replica_timeout_ms=config.redis.replica_timeout_ms,
-        idempotency_window_s=config.processor.idempotency_window_s or 3600.0,
-    )
-
-
-def flow_gate(
-    client: aioredis.Redis,
-    config: BusConfig,
-    topics: TopicRegistry,
-    names: list[str],
-) -> FlowGate:
-    """Return the rate limits a processor of ``names`` must respect."""
-    keys = KeySpace(config.key_prefix)
-    buckets = {}
-    for name in names:
-        topic = topics.get(name)
-        if topic.rate_limit is not None:
-            burst = topic.rate_burst or default_burst(topic.rate_limit)
-            buckets[name] = Bucket(keys.rate(name), topic.rate_limit, burst, name)
-    shared = None
-    if (rate := config.global_rate_limit) is not None:
-        burst = config.global_rate_burst or default_burst(rate)
-        shared = Bucket(keys.shared("rate"), rate, burst, "global")
-
-    return FlowGate(client, topic_buckets=buckets, global_bucket=shared)

@@ -74,6 +74,8 @@ def decode_entry(fields: dict[bytes, bytes]) -> Event:
         event = Event.model_validate_json(raw)
     except PydanticValidationError as exc:
         raise MalformedEntryError(_describe(exc)) from exc
+    except (ValueError, OverflowError) as exc:
+        raise MalformedEntryError(f"invalid envelope: {exc}") from exc
 
     return event if attempt == event.attempt else event.with_attempt(attempt)
 

@@ -15,6 +15,7 @@ client clock is involved.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -59,19 +60,22 @@ return {moved, math.max(0, tonumber(nxt[2]) - now)}
 
 
 # KEYS[1] delayed set; KEYS[2] lane stream (only when acking);
-# ARGV[1] delay in ms; ARGV[2] member; ARGV[3] group; ARGV[4] entry id to ack.
-_SCHEDULE_LUA = """
+# ARGV[1] delay in ms; ARGV[2] member; ARGV[3] group; ARGV[4] entry id to ack;
+# ARGV[5] absolute due time in Unix ms (optional; wins over the delay).
+SCHEDULE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+local due = now + tonumber(ARGV[1])
+if ARGV[5] and ARGV[5] ~= '' then due = tonumber(ARGV[5]) end
+redis.call('ZADD', KEYS[1], due, ARGV[2])
 if KEYS[2] then redis.call('XACK', KEYS[2], ARGV[3], ARGV[4]) end
-return now + tonumber(ARGV[1])
+return due
 """
 
 
-def delayed_member(lane: str, fields: dict[bytes, bytes]) -> bytes:
+def delayed_member(lane: str, fields: Mapping[Any, Any]) -> bytes:
     """Return the delayed-set member that will write ``fields`` to ``lane``."""
-    text = {k.decode(): v.decode() for k, v in fields.items()}
+    text = {_text(k): _text(v) for k, v in fields.items()}
 
     return canonical_json({"lane": lane, "fields": text, "seq": secrets.token_hex(6)})
 
@@ -100,7 +104,7 @@ class DelayedSet:
         self._lane_names = list(lanes)
         self._lane_keys = [lanes[name] for name in self._lane_names]
         self._release = client.register_script(_RELEASE_LUA)
-        self._schedule = client.register_script(_SCHEDULE_LUA)
+        self._schedule = client.register_script(SCHEDULE_LUA)
 
     async def schedule(
         self,
@@ -136,3 +140,7 @@ class DelayedSet:
         next_due = None if int(next_ms) < 0 else int(next_ms) / 1000
 
         return int(moved), next_due
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -61,5 +61,9 @@ class RateLimitError(TitanBusError):
         self.retry_after_s = retry_after_s
 
 
+class BacklogFullError(TitanBusError):
+    """Raised when a topic holds ``max_backlog`` unacknowledged events already."""
+
+
 class AppLoadError(TitanBusError):
     """Raised when ``module:attribute`` does not name a loadable bus application."""

@@ -81,8 +81,10 @@ class Event(BaseModel):
     def _time_is_utc(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("time must be timezone-aware")
-
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValueError(f"time {value.isoformat()} is out of range") from exc
 
     @field_validator("headers")
     @classmethod

@@ -11,7 +11,6 @@ processors doing the same duty at once is safe, merely redundant.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -55,7 +54,21 @@ class Housekeeper:
         self._retention = retention
         self._claimer = claimer
         self._interval_s = interval_s
+        self._stopped = asyncio.Event()
         self.wake = asyncio.Event()
+
+    def stop(self) -> None:
+        """Make both loops return at their next step."""
+        self._stopped.set()
+        self.wake.set()
+
+    async def _pause(self, seconds: float, *, wakeable: bool = False) -> None:
+        waiters = [asyncio.ensure_future(self._stopped.wait())]
+        if wakeable:
+            waiters.append(asyncio.ensure_future(self.wake.wait()))
+        await asyncio.wait(waiters, timeout=seconds, return_when="FIRST_COMPLETED")
+        for waiter in waiters:
+            waiter.cancel()
 
     async def release_loop(self) -> None:
         """Move due delayed events into their lanes, until cancelled.
@@ -63,7 +76,7 @@ class Housekeeper:
         Sleeps until the next event is due, at most ``RELEASE_POLL_MAX_S``
         (events delayed by other processes cannot wake it), or until woken.
         """
-        while True:
+        while not self._stopped.is_set():
             wait_s = RELEASE_POLL_MAX_S
             try:
                 for delayed in self._delayed:
@@ -75,13 +88,14 @@ class Housekeeper:
                     raise
                 logger.debug("delayed release skipped: %s", exc)
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=wait_s)
+            await self._pause(wait_s, wakeable=True)
 
     async def maintenance_loop(self) -> None:
         """Trim lanes and drop idle consumers every ``interval_s``, until cancelled."""
-        while True:
-            await asyncio.sleep(self._interval_s)
+        while not self._stopped.is_set():
+            await self._pause(self._interval_s)
+            if self._stopped.is_set():
+                return
             try:
                 await self.maintain()
             except Exception as exc:

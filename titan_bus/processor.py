@@ -48,6 +48,7 @@ RECONNECT_MAX_S = 5.0
 CLAIM_CHECK_MIN_S = 0.5
 CLAIM_CHECK_MAX_S = 30.0
 CLAIMS_PER_ROUND = 100
+BACKGROUND_STOP_S = 2.0
 
 __all__ = ["Handler", "Processor", "new_consumer_name"]
 
@@ -149,6 +150,7 @@ class Processor:
         )
         self._topics = [t.name for t in topics]
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._held: list[Entry] = []
         self._stopping = asyncio.Event()
         self.duplicates = 0
         self.ready = False
@@ -189,11 +191,15 @@ class Processor:
         finally:
             self.ready = False
             await self._drain()
-            for task in background:
+            self._settler.close()
+            self._housekeeper.stop()
+            _, stuck = await asyncio.wait(background, timeout=BACKGROUND_STOP_S)
+            for task in stuck:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            with contextlib.suppress(Exception):
+            try:
                 await self._settler.flush()
+            except Exception as exc:
+                logger.warning("final acknowledgements not written (%s)", exc)
             logger.info("processor %s stopped", self.consumer)
 
     async def ensure_groups(self) -> None:
@@ -241,25 +247,38 @@ class Processor:
 
     async def _start_reading(self) -> None:
         await self.ensure_groups()
-        own = await self._reader.read_own_pending()
-        await self._dispatch([e for e in own if e.name not in self._tasks])
+        self._held.clear()
+        self._reader.restart_own_pending()
         self.ready = True
         logger.info(
-            "processor %s reading %d lanes as group %s (%d own pending re-read)",
+            "processor %s reading %d lanes as group %s",
             self.consumer,
             len(self.lanes),
             self.group,
-            len(own),
         )
 
     async def _step(self) -> None:
+        """Start as many handlers as there are free slots, reading if needed.
+
+        Entries a read returned beyond the free slots (a blocking read asks
+        each lane for at least one) wait in :attr:`_held`, pending in Redis
+        under this consumer, so no more than ``concurrency`` handlers run.
+        """
         free = self.config.concurrency - len(self._tasks)
         if free <= 0 or not self.lanes:
             await self._wait_for_slot()
             return
+        if not self._held:
+            self._held = await self._read(free)
+        start, self._held = self._held[:free], self._held[free:]
+        await self._dispatch(start)
+
+    async def _read(self, free: int) -> list[Entry]:
+        if self._reader.own_pending_left:
+            own = await self._reader.read_own_pending(free)
+            return [entry for entry in own if entry.name not in self._tasks]
         if not self._gate.active:
-            await self._dispatch(await self._reader.read_new(free))
-            return
+            return await self._reader.read_new(free)
 
         permits = await self._gate.take(free, self._topics)
         if permits.total <= 0 or all(permits.caps.get(t, 1) <= 0 for t in self._topics):
@@ -267,13 +286,14 @@ class Processor:
                 topic, kind = ("*", "global") if scope == "global" else (scope, "topic")
                 self._observer.on_rate_limited(topic, kind)
             await self._sleep(min(permits.wait_s(), self.config.block_ms / 1000))
-            return
+            return []
         entries = await self._reader.read_new(min(free, permits.total), permits.caps)
         used: dict[str, int] = {}
         for entry in entries:
             used[entry.lane.topic] = used.get(entry.lane.topic, 0) + 1
         await self._gate.give_back(permits, used)
-        await self._dispatch(entries)
+
+        return entries
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

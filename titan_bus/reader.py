@@ -87,19 +87,42 @@ class LaneReader:
         self._consumer = consumer
         self._block_ms = block_ms
         self._scheduler = LaneScheduler(self._lanes)
+        self._own_cursors: dict[str, str] = {}
         self._strict = {
             topic: [lane for lane in self._lanes if lane.topic == topic]
             for topic in strict_topics
         }
 
-    async def read_own_pending(self) -> list[Entry]:
-        """Return every entry already delivered to this consumer, not yet acked."""
-        if not self._lanes:
-            return []
-        streams: dict[KeyT, StreamIdT] = {lane.key: "0" for lane in self._lanes}
-        reply = await self._client.xreadgroup(self._group, self._consumer, streams)
+    def restart_own_pending(self) -> None:
+        """Start re-reading this consumer's pending entries from the oldest."""
+        self._own_cursors = {lane.key: "0" for lane in self._lanes}
 
-        return self._entries(reply)
+    @property
+    def own_pending_left(self) -> bool:
+        """True while :meth:`read_own_pending` may still return entries."""
+        return bool(self._own_cursors)
+
+    async def read_own_pending(self, count: int) -> list[Entry]:
+        """Return the next page of entries delivered to this consumer, not acked.
+
+        At most ``count`` entries per lane; call again until
+        :attr:`own_pending_left` is False.
+        """
+        cursors = list(self._own_cursors.items())
+        pipe = self._client.pipeline(transaction=False)
+        for key, cursor in cursors:
+            pipe.xreadgroup(self._group, self._consumer, {key: cursor}, count=count)
+
+        entries: list[Entry] = []
+        for (key, _), reply in zip(cursors, await pipe.execute(), strict=True):
+            page = self._entries(reply)
+            if page:
+                self._own_cursors[key] = page[-1].entry_id
+                entries.extend(page)
+            else:
+                del self._own_cursors[key]
+
+        return entries
 
     async def read_new(
         self, free: int, caps: Mapping[str, int] | None = None

@@ -79,6 +79,7 @@ class Settler:
         self._done_marker = done_marker
         self._queue: list[Command] = []
         self._wake = asyncio.Event()
+        self._closed = False
 
     def ack(self, delivery: Delivery, *, mark_done: bool = True) -> None:
         """Acknowledge a delivery (and mark its event handled for this group)."""
@@ -140,11 +141,18 @@ class Settler:
         self._queue.append(command)
         self._wake.set()
 
+    def close(self) -> None:
+        """Make :meth:`run` return at its next step (call :meth:`flush` after)."""
+        self._closed = True
+        self._wake.set()
+
     async def run(self) -> None:
-        """Flush queued commands whenever there are some, until cancelled."""
-        while True:
+        """Flush queued commands whenever there are some, until closed."""
+        while not self._closed:
             await self._wake.wait()
             self._wake.clear()
+            if self._closed:
+                return
             try:
                 await self.flush()
             except Exception as exc:

@@ -1,31 +1,40 @@
-"""A blocking publisher for scripts and threads that do not run asyncio."""
+"""A blocking publisher for scripts and threads that do not run asyncio.
+
+It runs an :class:`~titan_bus.bus.EventBus` on a private event loop in a
+background thread and hands each call to it, so the blocking and asyncio
+paths share one implementation and apply exactly the same checks.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Mapping
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-import redis
-
-from titan_bus.bus import DEFAULT_SOURCE, durability_from
+from titan_bus.bus import DEFAULT_SOURCE, EventBus
 from titan_bus.config import BusConfig, load_config
-from titan_bus.connection import redis_errors, sync_client
-from titan_bus.keys import KeySpace
+from titan_bus.events import Event
 from titan_bus.observe import Observer
-from titan_bus.publisher import EventFactory, Outgoing, StreamWrite
-from titan_bus.topics import TopicRegistry
+from titan_bus.outgoing import Outgoing
+
+T = TypeVar("T")
 
 
 class SyncPublisher:
-    """Publish events with a blocking Redis client; same checks as the async bus.
+    """Publish events from blocking code; same checks as the async bus.
 
     Use as a context manager, or call :meth:`close` when done::
 
         with SyncPublisher.from_config() as pub:
             pub.publish("system.v1", {"name": "backup.done"})
+
+    Args:
+        config: the bus configuration; built-in defaults if None.
+        source: the publisher identity stamped on events that name none.
+        observer: receives what the publisher does (metrics, tracing).
     """
 
     def __init__(
@@ -33,19 +42,16 @@ class SyncPublisher:
         config: BusConfig | None = None,
         *,
         source: str = DEFAULT_SOURCE,
-        client: redis.Redis | None = None,
         observer: Observer | None = None,
     ) -> None:
-        self.config = config or BusConfig()
-        self.factory = EventFactory(
-            TopicRegistry.from_config(self.config),
-            KeySpace(self.config.key_prefix),
-            source,
-            observer,
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="titan-sync-publisher", daemon=True
         )
-        self.durability = durability_from(self.config)
-        self._owns_client = client is None
-        self.client = client or sync_client(self.config.redis)
+        self._thread.start()
+        self.bus = self._call(_make_bus(config, source, observer))
+        self.config = self.bus.config
+        self.factory = self.bus.factory
 
     @classmethod
     def from_config(
@@ -66,50 +72,35 @@ class SyncPublisher:
         self.close()
 
     def close(self) -> None:
-        """Close the connection this publisher opened."""
-        if self._owns_client:
-            self.client.close()
+        """Close the connection and stop the background loop (idempotent)."""
+        if self._loop.is_closed():
+            return
+        self._call(self.bus.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
 
-    def publish(
-        self,
-        topic: str,
-        data: Mapping[str, Any],
-        *,
-        idempotency_key: str | None = None,
-        min_replicas: int | None = None,
-        **options: Any,
-    ) -> str:
+    def event(self, topic: str, data: Mapping[str, Any], **options: Any) -> Event:
+        """Return a validated event without publishing it (for :meth:`publish_many`)."""
+        return self.bus.event(topic, data, **options)
+
+    def publish(self, topic: str, data: Mapping[str, Any], **options: Any) -> str:
         """Validate and publish one event; return its id.
 
-        Arguments are those of :meth:`EventBus.publish`.
+        Arguments are those of :meth:`titan_bus.EventBus.publish`.
         """
-        event = self.factory.event(topic, data, **options)
-        write = self.factory.write_for(event, idempotency_key=idempotency_key)
+        return self._call(self.bus.publish(topic, data, **options))
 
-        return self._write([write], min_replicas)[0]
-
-    def publish_many(
-        self, items: Iterable[Outgoing], *, min_replicas: int | None = None
-    ) -> list[str]:
+    def publish_many(self, items: Iterable[Outgoing], **options: Any) -> list[str]:
         """Validate all items, then publish them in one pipelined round trip."""
-        writes = [self.factory.write_for(item) for item in items]
+        return self._call(self.bus.publish_many(list(items), **options))
 
-        return self._write(writes, min_replicas) if writes else []
+    def _call(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
 
-    def _write(self, writes: list[StreamWrite], min_replicas: int | None) -> list[str]:
-        replicas = self.durability.replicas(min_replicas)
-        pipe = self.client.pipeline(transaction=False)
-        for write in writes:
-            write.queue(pipe, window_s=self.durability.idempotency_window_s)
-        if replicas:
-            pipe.wait(replicas, self.durability.replica_timeout_ms)
-        started = time.perf_counter()
-        with redis_errors(f"publish {len(writes)} events", self.config.redis.url):
-            replies = pipe.execute()
-        self.factory.observer.on_published(
-            [w.event for w in writes], time.perf_counter() - started
-        )
-        if replicas:
-            self.durability.check(replies[-1], replicas)
 
-        return [w.stored_id(r) for w, r in zip(writes, replies, strict=False)]
+async def _make_bus(
+    config: BusConfig | None, source: str, observer: Observer | None
+) -> EventBus:
+    # Built on the private loop, so the client's connections belong to it.
+    return EventBus(config, source=source, observer=observer)
