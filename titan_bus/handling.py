@@ -85,8 +85,10 @@ class HandlerRunner:
         except Reject as signal:
             logger.warning(
                 "%s event %s rejected by handler (%s); dead-lettering",
-                lane.topic, event.id, signal.reason or "no reason",
-            )  # fmt: skip
+                lane.topic,
+                event.id,
+                signal.reason or "no reason",
+            )
             error, outcome = signal, self._give_up(delivery, signal)
         except Exception as exc:
             error = _as_failure(exc, topic)

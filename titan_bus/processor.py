@@ -17,28 +17,25 @@ import os
 import secrets
 import socket
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from titan_bus.codec import decode_entry
 from titan_bus.config import ProcessorConfig
 from titan_bus.connection import is_connection_problem
-from titan_bus.deadletters import Failure
 from titan_bus.dedup import HandledMarks
 from titan_bus.delayed import DelayedSet
-from titan_bus.errors import MalformedEntryError
 from titan_bus.handling import Handler, HandlerRunner
 from titan_bus.housekeeping import Housekeeper
+from titan_bus.intake import Intake
 from titan_bus.keys import KeySpace
 from titan_bus.lanes import Lane
 from titan_bus.limits import FlowGate
 from titan_bus.observe import Observer
 from titan_bus.reader import Entry, LaneReader
-from titan_bus.recovery import Claimed, Claimer
+from titan_bus.recovery import Claimer, Recovery
 from titan_bus.retention import Retention
-from titan_bus.settle import FIRST_FAILED_FIELD, Delivery, Settler
+from titan_bus.settle import Settler
 from titan_bus.topics import TopicRegistry
 
 logger = logging.getLogger(__name__)
@@ -136,6 +133,21 @@ class Processor:
         self._claimer = Claimer(
             client, keys=keys, group=self.group, consumer=self.consumer
         )
+        self._intake = Intake(
+            settler=self._settler,
+            marks=self._marks,
+            observer=self._observer,
+            consumer=self.consumer,
+            group=self.group,
+        )
+        self._recovery = Recovery(
+            claimer=self._claimer,
+            intake=self._intake,
+            runner=self._runner,
+            settler=self._settler,
+            registry=registry,
+            drain=self._wait_idle,
+        )
         self._housekeeper = Housekeeper(
             delayed=list(delayed.values()),
             lanes=self.lanes,
@@ -152,7 +164,6 @@ class Processor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._held: list[Entry] = []
         self._stopping = asyncio.Event()
-        self.duplicates = 0
         self.ready = False
 
     # -- lifecycle -----------------------------------------------------------
@@ -169,7 +180,12 @@ class Processor:
     @property
     def vanished(self) -> int:
         """Pending entries found deleted or trimmed before they were handled."""
-        return self._claimer.vanished
+        return self._claimer.vanished + self._intake.vanished
+
+    @property
+    def duplicates(self) -> int:
+        """Deliveries dropped because the group had handled the event already."""
+        return self._intake.duplicates
 
     async def run(self) -> None:
         """Process events until :meth:`stop` is called, then shut down cleanly.
@@ -225,7 +241,11 @@ class Processor:
                     await self._start_reading()
                     recovering, pause = False, RECONNECT_MIN_S
                 if loop.time() >= next_claim:
-                    await self._recover()
+                    await self._recovery.run_round(
+                        self.lanes,
+                        limit=CLAIMS_PER_ROUND,
+                        stopping=self._stopping.is_set,
+                    )
                     next_claim = loop.time() + self._claim_every_s
                 await self._step()
             except ResponseError as exc:
@@ -309,6 +329,11 @@ class Processor:
             return_when=asyncio.FIRST_COMPLETED,
         )
 
+    async def _wait_idle(self) -> None:
+        """Wait until no handler of this processor is running."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()))
+
     async def _drain(self) -> None:
         if not self._tasks:
             return
@@ -326,8 +351,9 @@ class Processor:
     # -- dispatching ---------------------------------------------------------
 
     async def _dispatch(self, entries: list[Entry]) -> None:
-        deliveries = [d for e in entries if (d := self._delivery(e)) is not None]
-        for delivery in await self._drop_duplicates(deliveries):
+        decoded = [self._intake.delivery(entry) for entry in entries]
+        deliveries = [delivery for delivery in decoded if delivery is not None]
+        for delivery in await self._intake.fresh(deliveries):
             name = f"{delivery.lane.key} {delivery.entry_id}"
             task = asyncio.create_task(self._runner.run(delivery), name=name)
             self._tasks[name] = task
@@ -335,129 +361,3 @@ class Processor:
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task.get_name(), None)
-
-    def _delivery(self, entry: Entry, *, deliveries: int = 1) -> Delivery | None:
-        """Decode an entry; set aside what cannot be handled and return None."""
-        lane = entry.lane
-        if entry.fields is None:
-            self._claimer.vanished += 1
-            logger.warning(
-                "pending entry %s of %s lane %s was deleted before being handled",
-                entry.entry_id,
-                lane.topic,
-                lane.name,
-            )
-            self._settler.drop(lane, [entry.entry_id])
-            self._observer.on_dropped(lane.topic, lane.name, "vanished")
-            return None
-        try:
-            event = decode_entry(entry.fields)
-        except MalformedEntryError as exc:
-            logger.warning(
-                "malformed entry %s in %s lane %s: %s; moved to dead letters",
-                entry.entry_id,
-                lane.topic,
-                lane.name,
-                exc,
-            )
-            failure = Failure(
-                "MalformedEntryError", str(exc), deliveries, self.consumer
-            )
-            self._settler.set_aside(lane, entry.entry_id, entry.fields, failure)
-            self._observer.on_dropped(lane.topic, lane.name, "malformed")
-            return None
-        if deliveries > 1:
-            event = event.with_attempt(event.attempt + deliveries - 1)
-        first = entry.fields.get(FIRST_FAILED_FIELD)
-
-        return Delivery(lane, entry.entry_id, entry.fields, event, _int_or_none(first))
-
-    async def _drop_duplicates(self, deliveries: list[Delivery]) -> list[Delivery]:
-        if self._marks is None or not deliveries:
-            return deliveries
-
-        seen = await self._marks.handled([d.event for d in deliveries])
-        fresh = []
-        for delivery, handled in zip(deliveries, seen, strict=True):
-            if not handled:
-                fresh.append(delivery)
-                continue
-            self.duplicates += 1
-            logger.info(
-                "%s event %s already handled by group %s; dropping the duplicate",
-                delivery.lane.topic,
-                delivery.event.id,
-                self.group,
-            )
-            self._settler.drop(delivery.lane, [delivery.entry_id])
-            self._observer.on_dropped(
-                delivery.lane.topic, delivery.lane.name, "duplicate"
-            )
-
-        return fresh
-
-    # -- recovery ------------------------------------------------------------
-
-    async def _recover(self) -> None:
-        """Claim entries idle on other consumers and handle them one at a time."""
-        claimed = 0
-        for lane in self.lanes:
-            idle_ms = int(self._registry.get(lane.topic).claim_idle_s * 1000)
-            while claimed < CLAIMS_PER_ROUND and not self._stopping.is_set():
-                suspect = await self._claimer.claim_one(lane, min_idle_ms=idle_ms)
-                if suspect is None:
-                    break
-                if claimed == 0:
-                    await self._drain_for_suspects()
-                claimed += 1
-                await self._run_suspect(suspect)
-
-    async def _drain_for_suspects(self) -> None:
-        """Let in-flight handlers finish, so a suspect runs truly alone."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks.values()))
-        await self._settler.flush()
-
-    async def _run_suspect(self, suspect: Claimed) -> None:
-        lane, entry_id = suspect.lane, suspect.entry_id
-        entry = Entry(lane, entry_id, suspect.fields)
-        delivery = self._delivery(entry, deliveries=suspect.deliveries)
-        if delivery is None or not await self._drop_duplicates([delivery]):
-            await self._settler.flush()
-            return
-
-        topic = self._registry.get(lane.topic)
-        if delivery.event.attempt > topic.retry_limit + 1 and suspect.crashed_alone:
-            crash = RuntimeError(
-                f"the processor handling it stopped during {suspect.deliveries - 1} "
-                "deliveries, the last time with no other event in flight"
-            )
-            self._runner.crashed(delivery, crash)
-        else:
-            if delivery.event.attempt > topic.retry_limit + 1:
-                capped = delivery.event.with_attempt(topic.retry_limit + 1)
-                delivery = Delivery(
-                    lane, entry_id, delivery.fields, capped, delivery.first_failed_ms
-                )
-            logger.warning(
-                "claimed %s event %s from lane %s (delivery %d); running it alone",
-                lane.topic,
-                delivery.event.id,
-                lane.name,
-                suspect.deliveries,
-            )
-            await self._claimer.mark_suspect(lane, entry_id)
-            await self._runner.run(delivery)
-
-        async def clear(pipe: Any) -> None:
-            self._claimer.clear_suspect(pipe, lane, entry_id)
-
-        self._settler.then(clear)
-        await self._settler.flush()
-
-
-def _int_or_none(raw: bytes | None) -> int | None:
-    try:
-        return int(raw) if raw is not None else None
-    except ValueError:
-        return None

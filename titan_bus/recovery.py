@@ -19,13 +19,19 @@ neighbour's crashes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from titan_bus.handling import HandlerRunner
+from titan_bus.intake import Intake
 from titan_bus.keys import KeySpace
 from titan_bus.lanes import Lane
+from titan_bus.reader import Entry
+from titan_bus.settle import Delivery, Settler
+from titan_bus.topics import TopicRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +173,101 @@ class Claimer:
             )
 
         return removed
+
+
+class Recovery:
+    """Claims idle entries and runs each alone, settling it before the next.
+
+    Args:
+        claimer: claims entries for this consumer.
+        intake: decodes claimed entries and drops what must not run.
+        runner: runs handlers and settles outcomes.
+        settler: flushed after each suspect, so it is settled before the next.
+        registry: the bus's topics (retry limit, claim idle time).
+        drain: waits until this processor has nothing else in flight.
+    """
+
+    def __init__(
+        self,
+        *,
+        claimer: Claimer,
+        intake: Intake,
+        runner: HandlerRunner,
+        settler: Settler,
+        registry: TopicRegistry,
+        drain: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._claimer = claimer
+        self._intake = intake
+        self._runner = runner
+        self._settler = settler
+        self._registry = registry
+        self._drain = drain
+
+    async def run_round(
+        self, lanes: Sequence[Lane], *, limit: int, stopping: Callable[[], bool]
+    ) -> int:
+        """Claim and run up to ``limit`` suspects; return how many were claimed."""
+        claimed = 0
+        for lane in lanes:
+            idle_ms = int(self._registry.get(lane.topic).claim_idle_s * 1000)
+            while claimed < limit and not stopping():
+                suspect = await self._claimer.claim_one(lane, min_idle_ms=idle_ms)
+                if suspect is None:
+                    break
+                if claimed == 0:
+                    await self._drain()
+                    await self._settler.flush()
+                claimed += 1
+                await self._run_suspect(suspect)
+
+        return claimed
+
+    async def _run_suspect(self, suspect: Claimed) -> None:
+        lane, entry_id = suspect.lane, suspect.entry_id
+        entry = Entry(lane, entry_id, suspect.fields)
+        delivery = self._intake.delivery(entry, deliveries=suspect.deliveries)
+        if delivery is not None and await self._intake.fresh([delivery]):
+            await self._settle_suspect(suspect, delivery)
+
+        async def clear(pipe: Any) -> None:
+            self._claimer.clear_suspect(pipe, lane, entry_id)
+
+        self._settler.then(clear)
+        await self._settler.flush()
+
+    async def _settle_suspect(self, suspect: Claimed, delivery: Delivery) -> None:
+        topic = self._registry.get(suspect.lane.topic)
+        last = topic.retry_limit + 1
+        if delivery.event.attempt > last and suspect.crashed_alone:
+            self._runner.crashed(
+                delivery,
+                RuntimeError(
+                    f"the processor handling it stopped during "
+                    f"{suspect.deliveries - 1} deliveries, the last time with no "
+                    "other event in flight"
+                ),
+            )
+            return
+
+        if delivery.event.attempt > last:
+            capped = delivery.event.with_attempt(last)
+            delivery = Delivery(
+                delivery.lane,
+                delivery.entry_id,
+                delivery.fields,
+                capped,
+                delivery.first_failed_ms,
+            )
+        logger.warning(
+            "claimed %s event %s from lane %s (delivery %d); running it alone",
+            suspect.lane.topic,
+            delivery.event.id,
+            suspect.lane.name,
+            suspect.deliveries,
+        )
+        await self._claimer.mark_suspect(suspect.lane, suspect.entry_id)
+        await self._runner.run(delivery)
 
 
 def _suspect_field(lane: Lane, entry_id: str) -> str:

@@ -1,0 +1,124 @@
+"""Intake: turning stream entries into deliveries, or setting them aside.
+
+An entry never reaches a handler when it was deleted while pending
+(*vanished*: acknowledged and counted), is not a valid envelope (*malformed*:
+moved to the dead letters with the reason), or its event was already handled
+by this group within the idempotency window (*duplicate*: acknowledged and
+counted).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from titan_bus.codec import decode_entry
+from titan_bus.deadletters import Failure
+from titan_bus.dedup import HandledMarks
+from titan_bus.errors import MalformedEntryError
+from titan_bus.observe import Observer
+from titan_bus.reader import Entry
+from titan_bus.settle import FIRST_FAILED_FIELD, Delivery, Settler
+
+logger = logging.getLogger(__name__)
+
+
+class Intake:
+    """Decodes entries for one consumer and filters out what must not run.
+
+    Args:
+        settler: where set-aside entries are acknowledged or dead-lettered.
+        marks: the group's handled marks, or None without idempotency.
+        observer: told about every entry dropped.
+        consumer: this consumer's name, recorded with dead letters.
+        group: the consumer group, for messages.
+    """
+
+    def __init__(
+        self,
+        *,
+        settler: Settler,
+        marks: HandledMarks | None,
+        observer: Observer,
+        consumer: str,
+        group: str,
+    ) -> None:
+        self._settler = settler
+        self._marks = marks
+        self._observer = observer
+        self._consumer = consumer
+        self._group = group
+        self.duplicates = 0
+        self.vanished = 0
+
+    def delivery(self, entry: Entry, *, deliveries: int = 1) -> Delivery | None:
+        """Decode an entry; set aside what cannot be handled and return None.
+
+        Args:
+            entry: the entry as read.
+            deliveries: Redis's delivery count; each delivery past the first
+                was cut short by a stopped processor and counts as an attempt.
+        """
+        lane = entry.lane
+        if entry.fields is None:
+            self.vanished += 1
+            logger.warning(
+                "pending entry %s of %s lane %s was deleted before being handled",
+                entry.entry_id,
+                lane.topic,
+                lane.name,
+            )
+            self._settler.drop(lane, [entry.entry_id])
+            self._observer.on_dropped(lane.topic, lane.name, "vanished")
+            return None
+        try:
+            event = decode_entry(entry.fields)
+        except MalformedEntryError as exc:
+            logger.warning(
+                "malformed entry %s in %s lane %s: %s; moved to dead letters",
+                entry.entry_id,
+                lane.topic,
+                lane.name,
+                exc,
+            )
+            failure = Failure(
+                "MalformedEntryError", str(exc), deliveries, self._consumer
+            )
+            self._settler.set_aside(lane, entry.entry_id, entry.fields, failure)
+            self._observer.on_dropped(lane.topic, lane.name, "malformed")
+            return None
+        if deliveries > 1:
+            event = event.with_attempt(event.attempt + deliveries - 1)
+        first = _int_or_none(entry.fields.get(FIRST_FAILED_FIELD))
+
+        return Delivery(lane, entry.entry_id, entry.fields, event, first)
+
+    async def fresh(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Return the deliveries whose events this group has not handled yet."""
+        if self._marks is None or not deliveries:
+            return deliveries
+
+        seen = await self._marks.handled([d.event for d in deliveries])
+        fresh = []
+        for delivery, handled in zip(deliveries, seen, strict=True):
+            if not handled:
+                fresh.append(delivery)
+                continue
+            lane = delivery.lane
+            self.duplicates += 1
+            logger.info(
+                "%s event %s already handled by group %s; dropping the duplicate",
+                lane.topic,
+                delivery.event.id,
+                self._group,
+            )
+            self._settler.drop(lane, [delivery.entry_id])
+            self._observer.on_dropped(lane.topic, lane.name, "duplicate")
+
+        return fresh
+
+
+def _int_or_none(raw: bytes | None) -> int | None:
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
