@@ -1,10 +1,11 @@
 """Idempotency: each event handled at most once per group, each key published once.
 
-Handling side: after a handler succeeds, the processor sets
-``<prefix>:{<topic>}:done:<group>:<event id>`` with an expiry (the window), in
-the same pipeline as the ack. Before handling a batch it checks those marks in
-one round trip and drops events already handled, e.g. redelivered after a
-claim or a failover that lost an ack.
+Handling side: after handlers succeed, the processor adds the event ids to
+the sorted set ``<prefix>:{<topic>}:done:<group>`` (scored by the time, in
+Unix ms), in the same pipeline as the acks: one command per topic per flush.
+Before handling a batch it checks the ids with ``ZMSCORE``, one command per
+topic, and drops events already handled, e.g. redelivered after a claim or a
+failover that lost an ack. Maintenance removes marks older than the window.
 
 Publishing side: a publisher may pass an idempotency key; a Lua script writes
 the event and remembers the key atomically, and a second publish with the key
@@ -13,6 +14,7 @@ returns the first event's id without writing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,23 +52,41 @@ class HandledMarks:
         self._client = client
         self._keys = keys
         self._group = group
-        self._window_ms = max(1, int(window_s * 1000))
+        self.window_ms = max(1, int(window_s * 1000))
 
-    def mark(self, pipe: Any, event: Event) -> None:
-        """Queue on ``pipe`` the mark that ``event`` was handled."""
-        key = self._keys.done(event.topic, self._group, event.id)
-        pipe.set(key, b"1", px=self._window_ms)
+    def mark(self, pipe: Any, topic: str, event_ids: Sequence[str]) -> None:
+        """Queue on ``pipe`` the marks that ``event_ids`` of ``topic`` were handled."""
+        now_ms = int(time.time() * 1000)
+        key = self._keys.done(topic, self._group)
+        pipe.zadd(key, dict.fromkeys(event_ids, now_ms))
 
     async def handled(self, events: Sequence[Event]) -> list[bool]:
         """Return, for each event, whether this group already handled it."""
         if not events:
             return []
 
+        by_topic: dict[str, list[int]] = {}
+        for index, event in enumerate(events):
+            by_topic.setdefault(event.topic, []).append(index)
         pipe = self._client.pipeline(transaction=False)
-        for event in events:
-            pipe.exists(self._keys.done(event.topic, self._group, event.id))
+        for topic, indexes in by_topic.items():
+            ids = [events[i].id for i in indexes]
+            pipe.zmscore(self._keys.done(topic, self._group), ids)
 
-        return [bool(n) for n in await pipe.execute()]
+        seen = [False] * len(events)
+        replies = await pipe.execute()
+        for indexes, scores in zip(by_topic.values(), replies, strict=True):
+            for index, score in zip(indexes, scores, strict=True):
+                seen[index] = score is not None
+
+        return seen
+
+    async def expire(self, topic: str) -> int:
+        """Remove marks of ``topic`` older than the window; return how many."""
+        cutoff = int(time.time() * 1000) - self.window_ms
+        key = self._keys.done(topic, self._group)
+
+        return int(await self._client.zremrangebyscore(key, "-inf", cutoff))
 
 
 def publish_once_args(

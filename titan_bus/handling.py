@@ -80,8 +80,9 @@ class HandlerRunner:
         started = time.perf_counter()
         try:
             with self._observer.handle_scope(event, lane.name):
-                for handler in self._handlers[lane.topic]:
-                    await asyncio.wait_for(handler(event), topic.handler_timeout_s)
+                async with asyncio.timeout(topic.handler_timeout_s):
+                    for handler in self._handlers[lane.topic]:
+                        await handler(event)
         except Reject as signal:
             logger.warning(
                 "%s event %s rejected by handler (%s); dead-lettering",

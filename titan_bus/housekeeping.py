@@ -3,6 +3,7 @@
 - Releasing due events from each topic's delayed set into their lanes.
 - Trimming lanes to ``maxlen`` without dropping unacknowledged entries.
 - Removing consumers that are gone and own nothing.
+- Expiring idempotency marks older than the window.
 
 Every processor runs them; the scripts behind them are atomic, so several
 processors doing the same duty at once is safe, merely redundant.
@@ -15,6 +16,7 @@ import logging
 from collections.abc import Sequence
 
 from titan_bus.connection import is_connection_problem
+from titan_bus.dedup import HandledMarks
 from titan_bus.delayed import DelayedSet
 from titan_bus.lanes import Lane
 from titan_bus.recovery import Claimer
@@ -36,6 +38,7 @@ class Housekeeper:
         retention: the lane trimmer.
         claimer: removes idle consumers.
         interval_s: seconds between maintenance rounds.
+        marks: the group's handled marks, expired here; None without them.
     """
 
     def __init__(
@@ -47,7 +50,9 @@ class Housekeeper:
         retention: Retention,
         claimer: Claimer,
         interval_s: float,
+        marks: HandledMarks | None = None,
     ) -> None:
+        self._marks = marks
         self._delayed = list(delayed)
         self._lanes = list(lanes)
         self._registry = registry
@@ -105,7 +110,10 @@ class Housekeeper:
                     logger.debug("lane maintenance skipped: %s", exc)
 
     async def maintain(self) -> None:
-        """Run one maintenance round over every lane."""
+        """Run one maintenance round over every lane and topic."""
+        if self._marks is not None:
+            for name in dict.fromkeys(lane.topic for lane in self._lanes):
+                await self._marks.expire(name)
         for lane in self._lanes:
             topic = self._registry.get(lane.topic)
             if topic.maxlen is not None:

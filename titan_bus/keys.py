@@ -7,7 +7,7 @@ one ACL pattern, ``<prefix>:{<topic>}:*``, covers exactly that topic::
     titan:{chat.v1}:lane:high      one stream per lane
     titan:{chat.v1}:dlq            dead letters
     titan:{chat.v1}:delayed        retries and delayed publishes not yet due
-    titan:{chat.v1}:done:G:ID      group G handled event ID (expires)
+    titan:{chat.v1}:done:G         events group G handled (ids by time)
     titan:{chat.v1}:idem:K         publisher idempotency key K (expires)
     titan:{chat.v1}:suspects       claimed entries being retried alone
     titan:{chat.v1}:rate           handling rate limit of the topic
@@ -44,9 +44,9 @@ class KeySpace:
         """Return the delayed-set key of ``topic``."""
         return f"{self.prefix}:{{{topic}}}:delayed"
 
-    def done(self, topic: str, group: str, event_id: str) -> str:
-        """Return the mark that ``group`` handled ``event_id`` (idempotency)."""
-        return f"{self.prefix}:{{{topic}}}:done:{group}:{event_id}"
+    def done(self, topic: str, group: str) -> str:
+        """Return the set of event ids ``group`` handled recently (idempotency)."""
+        return f"{self.prefix}:{{{topic}}}:done:{group}"
 
     def publish_key(self, topic: str, idempotency_key: str) -> str:
         """Return the key remembering a publisher's idempotency key."""

@@ -121,7 +121,7 @@ class Processor:
             keys=keys,
             group=self.group,
             delayed=delayed,
-            done_marker=self._marks.mark if self._marks else None,
+            marks=self._marks,
         )
         self._runner = HandlerRunner(
             registry=registry,
@@ -155,6 +155,7 @@ class Processor:
             retention=Retention(client),
             claimer=self._claimer,
             interval_s=config.retention_interval_s,
+            marks=self._marks,
         )
         idle = [t.claim_idle_s for t in topics] or [CLAIM_CHECK_MAX_S]
         self._claim_every_s = min(

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from titan_bus.connection import is_connection_problem
 from titan_bus.deadletters import Failure, dead_letter_fields
+from titan_bus.dedup import HandledMarks
 from titan_bus.delayed import DelayedSet, delayed_member
 from titan_bus.events import Event
 from titan_bus.keys import KeySpace
@@ -60,7 +61,7 @@ class Settler:
         keys: the key space.
         group: the consumer group.
         delayed: each topic's delayed set.
-        done_marker: adds an idempotency mark for a handled event to a pipeline.
+        marks: the group's handled marks, or None without idempotency.
     """
 
     def __init__(
@@ -70,27 +71,27 @@ class Settler:
         keys: KeySpace,
         group: str,
         delayed: dict[str, DelayedSet],
-        done_marker: Callable[[Any, Event], None] | None = None,
+        marks: HandledMarks | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
         self._group = group
         self._delayed = delayed
-        self._done_marker = done_marker
-        self._queue: list[Command] = []
+        self._marks = marks
+        self._batch = _Batch()
         self._wake = asyncio.Event()
         self._closed = False
 
-    def ack(self, delivery: Delivery, *, mark_done: bool = True) -> None:
-        """Acknowledge a delivery (and mark its event handled for this group)."""
-        lane, entry_id = delivery.lane, delivery.entry_id
+    def ack(self, delivery: Delivery) -> None:
+        """Acknowledge a delivery and mark its event handled for this group.
 
-        async def command(pipe: Any) -> None:
-            if mark_done and self._done_marker is not None:
-                self._done_marker(pipe, delivery.event)
-            pipe.xack(lane.key, self._group, entry_id)
-
-        self._push(command)
+        Acks and marks are gathered per lane and topic, so a flush sends one
+        ``XACK`` per lane and one mark command per topic, however many events.
+        """
+        self._batch.acks.setdefault(delivery.lane.key, []).append(delivery.entry_id)
+        handled = self._batch.handled.setdefault(delivery.event.topic, [])
+        handled.append(delivery.event.id)
+        self._wake.set()
 
     def retry(self, delivery: Delivery, *, delay_s: float, failed_ms: int) -> None:
         """Schedule the next attempt ``delay_s`` from now and ack this one."""
@@ -125,20 +126,16 @@ class Settler:
 
     def drop(self, lane: Lane, entry_ids: list[str]) -> None:
         """Acknowledge entries that must not be handled (deleted, duplicates)."""
-        if not entry_ids:
-            return
-
-        async def command(pipe: Any) -> None:
-            pipe.xack(lane.key, self._group, *entry_ids)
-
-        self._push(command)
+        if entry_ids:
+            self._batch.acks.setdefault(lane.key, []).extend(entry_ids)
+            self._wake.set()
 
     def then(self, command: Command) -> None:
         """Queue any other command, run after those queued before it."""
         self._push(command)
 
     def _push(self, command: Command) -> None:
-        self._queue.append(command)
+        self._batch.commands.append(command)
         self._wake.set()
 
     def close(self) -> None:
@@ -163,21 +160,51 @@ class Settler:
                 self._wake.set()
 
     async def flush(self) -> None:
-        """Write every queued command in one pipelined round trip."""
-        batch, self._queue = self._queue, []
-        if not batch:
+        """Write everything queued in one pipelined round trip."""
+        batch, self._batch = self._batch, _Batch()
+        if batch.empty():
             return
 
         pipe = self._client.pipeline(transaction=False)
-        for command in batch:
-            await command(pipe)
+        await batch.queue(pipe, self._group, self._marks)
         try:
             results = await pipe.execute(raise_on_error=False)
         except Exception:
             # Nothing or part of it ran; running it again can only duplicate a
             # delivery (the dedup window absorbs that), never lose one.
-            self._queue[:0] = batch
+            batch.absorb(self._batch)
+            self._batch = batch
             raise
         for result in results:
             if isinstance(result, Exception):
                 logger.error("settling command refused by Redis: %s", result)
+
+
+@dataclass
+class _Batch:
+    """Settlements waiting for the next flush."""
+
+    commands: list[Command] = field(default_factory=list)
+    acks: dict[str, list[str]] = field(default_factory=dict)
+    handled: dict[str, list[str]] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        return not (self.commands or self.acks or self.handled)
+
+    async def queue(self, pipe: Any, group: str, marks: HandledMarks | None) -> None:
+        """Queue marks first, then acks, then the other commands, on ``pipe``."""
+        if marks is not None:
+            for topic, event_ids in self.handled.items():
+                marks.mark(pipe, topic, event_ids)
+        for key, ids in self.acks.items():
+            pipe.xack(key, group, *ids)
+        for command in self.commands:
+            await command(pipe)
+
+    def absorb(self, newer: _Batch) -> None:
+        """Append what was queued after this batch was taken."""
+        self.commands.extend(newer.commands)
+        for key, ids in newer.acks.items():
+            self.acks.setdefault(key, []).extend(ids)
+        for topic, event_ids in newer.handled.items():
+            self.handled.setdefault(topic, []).extend(event_ids)
