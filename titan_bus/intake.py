@@ -59,7 +59,9 @@ class Intake:
                 was cut short by a stopped processor and counts as an attempt.
         """
         lane = entry.lane
-        if entry.fields is None:
+        # redis-py reads an entry deleted while pending as {} rather than
+        # None; a live entry always has at least one field.
+        if not entry.fields:
             self.vanished += 1
             logger.warning(
                 "pending entry %s of %s lane %s was deleted before being handled",
