@@ -1,0 +1,108 @@
+"""Helpers of the telemetry tests: bounded waits, a running bus, HTTP, tools.
+
+Nothing here fakes Redis, Prometheus or the bus; these only start, wait for
+and read the real thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from titan_bus import EventBus
+from titan_bus.processor import Processor
+
+Predicate = Callable[[], bool | Awaitable[bool]]
+
+
+async def wait_until(
+    predicate: Predicate, timeout_s: float = 10.0, *, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` (sync or async) until true, at most ``timeout_s`` s.
+
+    Raises:
+        AssertionError: it was still false at the deadline.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(bus: EventBus) -> AsyncIterator[Processor]:
+    """Run ``bus``'s processor in a task until the block ends; yield it once ready."""
+    task = asyncio.create_task(bus.run())
+
+    def ready() -> bool:
+        if task.done():
+            task.result()
+            raise AssertionError("processor returned before it was ready")
+        return bus.processor is not None and bus.processor.ready
+
+    await wait_until(ready, what="processor ready")
+    assert bus.processor is not None
+    try:
+        yield bus.processor
+    finally:
+        bus.stop()
+        await asyncio.wait_for(task, timeout=15)
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+
+    return port
+
+
+# Loopback servers only: never go through a proxy set in the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, str]:
+    """GET ``url``; return the status code and body, for 2xx and error codes alike.
+
+    Raises:
+        urllib.error.URLError: nothing answers at ``url``.
+    """
+    try:
+        with _DIRECT.open(url, timeout=timeout_s) as reply:
+            return int(reply.status), reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+
+
+async def aget(url: str) -> tuple[int, str]:
+    """:func:`http_get` from a thread, so the event loop keeps running."""
+    return await asyncio.to_thread(http_get, url)
+
+
+def require_tool(name: str) -> str:
+    """Return the path of program ``name``; fail in CI, skip locally, if missing."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+
+    message = f"{name} is not installed (Debian package prometheus)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
