@@ -19,6 +19,7 @@ import typer
 from titan_bus import __version__
 from titan_bus.cli.common import CliState, exit_code_for, fail
 from titan_bus.cli.config_check import config_app
+from titan_bus.cli.health import health
 from titan_bus.cli.publish import publish
 from titan_bus.cli.run import run
 from titan_bus.cli.streams import streams
@@ -37,6 +38,7 @@ app.command()(run)
 app.command()(publish)
 app.command()(streams)
 app.command()(tail)
+app.command()(health)
 app.add_typer(config_app, name="config")
 
 
