@@ -101,14 +101,20 @@ class Intake:
 
         seen = await self._marks.handled([d.event for d in deliveries])
         fresh = []
+        taken: set[tuple[str, str]] = set()
         for delivery, handled in zip(deliveries, seen, strict=True):
-            if not handled:
+            # A second copy in the same batch is a duplicate too: the first
+            # carries the event on (retried, or claimed if this process dies).
+            name = (delivery.event.topic, delivery.event.id)
+            if not handled and name not in taken:
+                taken.add(name)
                 fresh.append(delivery)
                 continue
             lane = delivery.lane
             self.duplicates += 1
             logger.info(
-                "%s event %s already handled by group %s; dropping the duplicate",
+                "%s event %s already handled or read twice by group %s; "
+                "dropping the duplicate",
                 lane.topic,
                 delivery.event.id,
                 self._group,
