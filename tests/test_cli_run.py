@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import textwrap
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -37,6 +40,7 @@ def cli(config_file: Path, tmp_path: Path) -> CliRun:
 
 APP = """
 import asyncio
+import logging
 from pathlib import Path
 
 from titan_bus import EventBus
@@ -50,6 +54,7 @@ def note(line):
 
 
 async def on_chat(event):
+    logging.getLogger("cli_test_app").info("handling")
     note(f"start {{event.id}}")
     await asyncio.sleep(float(event.data["text"]))
     note(f"done {{event.id}}")
@@ -166,7 +171,41 @@ def test_run_handles_events_and_exits_0_on_sigterm(
     assert any(m.startswith("loaded app cli_test_app:bus") for m in messages)
     assert messages[-1] == "stopped cleanly"
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    [handling] = [r for r in records if r["logger"] == "cli_test_app"]
+    assert (handling["event_id"], handling["topic"], handling["lane"]) == (
+        event_id,
+        "chat.v1",
+        "normal",
+    )
     assert group_pending(cli) == 0
+
+
+def test_run_serves_health_probes_when_a_metrics_port_is_set(
+    start_app: Callable[..., Running], config_file: Path
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with_metrics = config_file.with_name("metrics.yaml")
+    with_metrics.write_text(config_file.read_text() + f"metrics:\n  port: {port}\n")
+    app = start_app(config=with_metrics)
+
+    wait_until(lambda: http_status(port, "/readyz") == 200, 10, "/readyz")
+    assert http_status(port, "/healthz") == 200
+    app.signal(signal.SIGTERM)
+
+    assert app.wait() == 0
+
+
+def http_status(port: int, path: str) -> int | None:
+    """Return the HTTP status of GET ``path`` on the local ``port``, or None."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
 
 
 def test_run_lets_an_in_flight_handler_finish_on_sigterm(

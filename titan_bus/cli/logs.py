@@ -3,7 +3,9 @@
 The library only creates named loggers; attaching handlers is the CLI's job,
 done once by :func:`configure_logging`. Context that a log call passes through
 ``extra=`` (``topic``, ``lane``, ``event_id`` ...) becomes fields of the JSON
-object, so log pipelines can filter on them without parsing messages.
+object, so log pipelines can filter on them without parsing messages; while a
+handler runs, :mod:`titan_bus.telemetry.logcontext` fills in the event id,
+topic, lane and trace id of the delivery by itself.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from titan_bus.telemetry.logcontext import install_log_context
 
 CONTEXT_FIELDS = (
     "topic",
@@ -89,3 +93,4 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    install_log_context(root)

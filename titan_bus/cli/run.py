@@ -8,6 +8,12 @@ if set. An app that builds its own configuration keeps it: the CLI does not
 rebuild a bus behind the app's back. It logs a warning instead, so nobody
 wonders why ``--config`` had no effect.
 
+Telemetry. Unless the app installed an observer of its own, the bus gets a
+:class:`~titan_bus.telemetry.Telemetry` built from its configuration:
+``/metrics``, ``/healthz`` and ``/readyz`` when ``metrics.port`` is set,
+spans when ``tracing.exporter`` is, and in every case the event id, topic and
+lane on the log records handlers write.
+
 Shutdown. The first SIGTERM or SIGINT asks the processor to stop: it fetches
 nothing more, in-flight handlers get ``shutdown_grace_s`` to finish, and the
 command exits 0. A second signal stops at once; unfinished events stay
@@ -34,6 +40,8 @@ from titan_bus.config import load_config
 from titan_bus.connection import redacted
 from titan_bus.errors import TitanBusError
 from titan_bus.loader import load_app
+from titan_bus.observe import Observer
+from titan_bus.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -119,27 +127,50 @@ async def serve(bus: EventBus, *, consumer: str | None = None) -> int:
 
     Raises:
         BusConnectionError: Redis does not answer at start.
+        ConfigError: the telemetry asked for cannot be set up (a port in use).
     """
+    telemetry = _telemetry_for(bus)
     loop = asyncio.get_running_loop()
     relay = SignalRelay(bus.config.processor.shutdown_grace_s)
     for signum in SIGNALS:
         loop.add_signal_handler(signum, relay.receive, signum)
 
     try:
-        await _work(bus, consumer, relay.requested)
+        await _work(bus, consumer, relay.requested, telemetry)
     finally:
         for signum in SIGNALS:
             loop.remove_signal_handler(signum)
+        if telemetry is not None:
+            await telemetry.aclose()
         await bus.aclose()
 
     logger.info("stopped cleanly")
     return EXIT_OK
 
 
-async def _work(bus: EventBus, consumer: str | None, requested: asyncio.Event) -> None:
+def _telemetry_for(bus: EventBus) -> Telemetry | None:
+    """Return telemetry to install on ``bus``, or None if the app chose its own.
+
+    Even with metrics and tracing off it is installed: it is what puts the
+    event id, topic and lane on the log records a handler writes.
+    """
+    if type(bus.observer) is not Observer:
+        return None
+
+    return Telemetry.from_config(bus.config)
+
+
+async def _work(
+    bus: EventBus,
+    consumer: str | None,
+    requested: asyncio.Event,
+    telemetry: Telemetry | None,
+) -> None:
     await bus.ping()
     if requested.is_set():
         return
+    if telemetry is not None:
+        await telemetry.start(bus)
 
     stopper = asyncio.create_task(_stop_when(requested, bus))
     try:
