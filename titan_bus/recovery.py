@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -240,8 +240,10 @@ class Recovery:
         topic = self._registry.get(suspect.lane.topic)
         last = topic.retry_limit + 1
         if delivery.event.attempt > last and suspect.crashed_alone:
+            # This delivery does not run: the attempts made are those before it.
+            made = delivery.event.with_attempt(delivery.event.attempt - 1)
             self._runner.crashed(
-                delivery,
+                replace(delivery, event=made),
                 RuntimeError(
                     f"the processor handling it stopped during "
                     f"{suspect.deliveries - 1} deliveries, the last time with no "
