@@ -11,8 +11,10 @@ Modes, each on its own key prefix:
   in-memory exporter (the SDK's ``SimpleSpanProcessor``), so the cost of
   making, propagating and ending every producer and consumer span is counted.
 
-The modes run ``--rounds`` times in rotating order; the median is shown.
-Machines here are noisy: compare the ratios, not the absolute numbers::
+The modes run ``--rounds`` times in rotating order; the median is shown. A
+last line gives the CPU time the observer itself spends per event, measured
+without Redis, which other load on the machine hardly moves. Machines here
+are noisy: compare the ratios, not the absolute numbers::
 
     .venv/bin/python bench/bench_telemetry.py --events 5000
 """
@@ -98,6 +100,28 @@ async def one_round(url: str, mode: str, n: int, prefix: str) -> tuple[float, fl
     return n / published_s, n / handled_s
 
 
+def observer_cost_us(mode: str, n: int) -> float:
+    """Return the CPU time, in microseconds, the observer spends on one event.
+
+    Every hook one event passes through, publish to handled, without Redis:
+    a figure that background load on the machine hardly moves.
+    """
+    observer, _ = observer_for(mode)
+    observer = observer or Observer()
+    template = Event(source="bench", type="t", data=PAYLOAD, topic="chat.v1")
+    started = time.process_time()
+    for _ in range(n):
+        headers: dict[str, str] = {}
+        observer.on_create("chat.v1", headers)
+        event = template.model_copy(update={"headers": headers})
+        observer.on_published([event], 0.001)
+        with observer.handle_scope(event, "normal"):
+            pass
+        observer.on_outcome(event, "normal", "handled", 0.001)
+
+    return (time.process_time() - started) / n * 1e6
+
+
 async def run(url: str, n: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
     results: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
     for number in range(rounds):
@@ -129,6 +153,8 @@ def report(results: dict[str, list[tuple[float, float]]], n: int) -> None:
             f"{handled / base_handled:.2f}",
         )
     Console().print(table)
+    costs = ", ".join(f"{m}: {observer_cost_us(m, n):.1f} us" for m in MODES)
+    Console().print(f"observer CPU time per event (all hooks, no Redis): {costs}")
 
 
 async def wait_ready(url: str) -> None:

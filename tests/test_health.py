@@ -9,7 +9,7 @@ import urllib.error
 from typing import Any
 
 import pytest
-from telemetry_helpers import aget, free_port, http_get, wait_until
+from telemetry_helpers import aget, free_port, http_get, running, wait_until
 
 from titan_bus import Event, EventBus
 from titan_bus.errors import ConfigError
@@ -122,3 +122,31 @@ def test_a_port_in_use_is_a_config_error() -> None:
 def test_serve_without_a_port_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"metrics\.port is not set"):
         Telemetry().serve()
+
+
+async def test_ready_gauge_follows_the_processor_and_telemetry_can_restart(
+    make_config: Any,
+) -> None:
+    config = make_config(metrics={"port": 0})
+    telemetry = Telemetry.from_config(config, set_global=False)
+    assert telemetry.metrics is not None
+    registry = telemetry.metrics.registry
+    bus = EventBus(config, observer=telemetry)
+
+    assert registry.get_sample_value("titan_bus_processor_ready") == 0
+    async with bus:
+        await telemetry.start(bus)
+        async with running(bus):
+            assert registry.get_sample_value("titan_bus_processor_ready") == 1
+        assert registry.get_sample_value("titan_bus_processor_ready") == 0
+        await telemetry.aclose()
+
+        await telemetry.start(bus)
+        assert telemetry.server is not None
+        try:
+            code, text = await aget(f"{telemetry.server.url}/metrics")
+        finally:
+            await telemetry.aclose()
+
+    assert code == 200
+    assert "titan_bus_processor_ready 0.0" in text

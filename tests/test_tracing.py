@@ -122,6 +122,17 @@ async def publish_in_subprocess(redis_url: str, key_prefix: str) -> dict[str, An
     return result
 
 
+def check_producer_span(produced: dict[str, Any]) -> None:
+    """Check what the publisher process reported of its producer span."""
+    assert produced["kind"] == "PRODUCER"
+    assert produced["name"] == "send system.v1"
+    attributes = produced["attributes"]
+    assert attributes["messaging.message.id"] == produced["event_id"]
+    assert attributes["messaging.destination.name"] == "system.v1"
+    assert attributes["messaging.operation.type"] == "send"
+    assert attributes["messaging.message.conversation_id"] == "conv-7"
+
+
 async def test_one_trace_from_a_publisher_process_through_a_retry_to_the_handler(
     make_config: Any,
     redis_url: str,
@@ -150,12 +161,7 @@ async def test_one_trace_from_a_publisher_process_through_a_retry_to_the_handler
         )
 
     assert attempts == [1, 2]
-    assert produced["kind"] == "PRODUCER"
-    assert produced["name"] == "send system.v1"
-    assert produced["attributes"]["messaging.message.id"] == produced["event_id"]
-    assert produced["attributes"]["messaging.destination.name"] == "system.v1"
-    assert produced["attributes"]["messaging.operation.type"] == "send"
-    assert produced["attributes"]["messaging.message.conversation_id"] == "conv-7"
+    check_producer_span(produced)
 
     consumers = sorted(
         finished(spans, SpanKind.CONSUMER),

@@ -109,7 +109,11 @@ class RedisGauges(Collector):
     async def run(self) -> None:
         """Refresh every ``interval_s`` seconds until cancelled."""
         while True:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:
+                # An answer of an unexpected shape: skip this round, keep going.
+                logger.debug("gauge refresh failed", exc_info=True)
             await asyncio.sleep(self.interval_s)
 
     async def refresh(self) -> bool:

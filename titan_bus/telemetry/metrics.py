@@ -58,7 +58,12 @@ class BusMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        reg = self.registry
+        self._make_counters(self.registry)
+        self._make_histograms(self.registry)
+        self._counters: dict[tuple[object, ...], Counter] = {}
+        self._histos: dict[tuple[object, ...], Histogram] = {}
+
+    def _make_counters(self, reg: CollectorRegistry) -> None:
         self.published = Counter(
             "titan_bus_events_published",
             "Events written to a lane by publishers of this process.",
@@ -105,11 +110,8 @@ class BusMetrics:
             ["topic", "scope"],
             registry=reg,
         )
-        self._histograms(reg)
-        self._counters: dict[tuple[object, ...], Counter] = {}
-        self._histos: dict[tuple[object, ...], Histogram] = {}
 
-    def _histograms(self, reg: CollectorRegistry) -> None:
+    def _make_histograms(self, reg: CollectorRegistry) -> None:
         self.latency = Histogram(
             "titan_bus_end_to_end_latency_seconds",
             "From the event's time (publish) to its handlers done, for "

@@ -88,6 +88,13 @@ class Telemetry(Observer):
         self._owns_provider = owns_provider
         self._tasks: list[asyncio.Task[None]] = []
         self._beat = time.monotonic()
+        self._readiness: Check | None = None
+        if metrics is not None:
+            Gauge(
+                "titan_bus_processor_ready",
+                "1 while the processor is ready for work (as /readyz answers), else 0.",
+                registry=metrics.registry,
+            ).set_function(self._ready_value)
 
     @classmethod
     def from_config(cls, config: BusConfig, *, set_global: bool = True) -> Telemetry:
@@ -135,12 +142,13 @@ class Telemetry(Observer):
         """Install on ``bus``; serve metrics and probes; start the Redis gauges.
 
         The HTTP endpoint and the gauges run only when metrics are collected.
+        Calling it again while started does nothing more.
 
         Raises:
             ConfigError: the metrics port cannot be bound.
         """
         self.install(bus)
-        if self.metrics is None:
+        if self.metrics is None or self.gauges is not None:
             return
 
         self.gauges = RedisGauges(
@@ -151,14 +159,9 @@ class Telemetry(Observer):
             interval_s=self.gauge_interval_s,
         )
         self.metrics.registry.register(self.gauges)
-        readiness = bus_readiness(bus)
-        Gauge(
-            "titan_bus_processor_ready",
-            "1 while the processor is ready for work (as /readyz answers), else 0.",
-            registry=self.metrics.registry,
-        ).set_function(lambda: 0.0 if readiness() else 1.0)
+        self._readiness = bus_readiness(bus)
         if self.metrics_config.port is not None:
-            self.serve(readiness=readiness, liveness=self._loop_alive)
+            self.serve(readiness=self._readiness, liveness=self._loop_alive)
         self._tasks = [
             asyncio.create_task(self.gauges.run(), name="titan-gauges"),
             asyncio.create_task(self._heartbeat(), name="titan-heartbeat"),
@@ -202,6 +205,9 @@ class Telemetry(Observer):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self.metrics is not None and self.gauges is not None:
+            self.metrics.registry.unregister(self.gauges)
+            self.gauges = None
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
         if self.tracing is not None:
@@ -209,6 +215,9 @@ class Telemetry(Observer):
             provider = self.tracing.provider
             if self._owns_provider and isinstance(provider, TracerProvider):
                 await asyncio.to_thread(provider.shutdown)
+
+    def _ready_value(self) -> float:
+        return 1.0 if self._readiness is not None and self._readiness() is None else 0.0
 
     async def _heartbeat(self) -> None:
         while True:
@@ -240,7 +249,9 @@ class Telemetry(Observer):
             if self.tracing is not None:
                 self.tracing.end_producers(events)
         except Exception:
-            logger.debug("telemetry of %d published events failed", len(events))
+            logger.debug(
+                "telemetry of %d published events failed", len(events), exc_info=True
+            )
 
     @contextlib.contextmanager
     def handle_scope(self, event: Event, lane: str) -> Iterator[None]:
@@ -268,7 +279,12 @@ class Telemetry(Observer):
             try:
                 self.metrics.outcome(event, lane, outcome, duration_s, error)
             except Exception:
-                logger.debug("metrics of %s event %s failed", event.topic, event.id)
+                logger.debug(
+                    "metrics of %s event %s failed",
+                    event.topic,
+                    event.id,
+                    exc_info=True,
+                )
 
     def on_dropped(self, topic: str, lane: str, reason: DropReason) -> None:
         """Count an entry dropped before its handlers ran."""
@@ -276,7 +292,9 @@ class Telemetry(Observer):
             try:
                 self.metrics.dropped_entry(topic, lane, reason)
             except Exception:
-                logger.debug("metrics of a dropped %s entry failed", topic)
+                logger.debug(
+                    "metrics of a dropped %s entry failed", topic, exc_info=True
+                )
 
     def on_rate_limited(self, topic: str, scope: str) -> None:
         """Count a rate limiter holding work back."""
@@ -284,7 +302,7 @@ class Telemetry(Observer):
             try:
                 self.metrics.limited(topic, scope)
             except Exception:
-                logger.debug("metrics of a %s rate limit failed", topic)
+                logger.debug("metrics of a %s rate limit failed", topic, exc_info=True)
 
 
 def bus_readiness(bus: EventBus) -> Check:

@@ -225,7 +225,10 @@ class Tracing:
             raise
         finally:
             context.detach(token)
-            span.end()
+            try:
+                span.end()
+            except Exception:
+                logger.debug("could not end the span of %s", event.id, exc_info=True)
 
     def _start_consumer(self, event: Event, lane: str) -> trace.Span:
         attributes = _message_attributes(event, lane)
