@@ -230,14 +230,6 @@ def test_duplicate_stream_is_rejected_naming_it() -> None:
         parse_config(raw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checks made in BusConfig._unique_streams (duplicate stream, missing "
-    "schema, schema on a built-in topic, stream priorities) raise from a model "
-    "validator, so describe_errors reports them at 'top level' instead of at "
-    "the entry, e.g. 'top level: Value error, stream 'chat.v1' is listed twice' "
-    "rather than 'streams[1].name: ...'",
-)
 def test_duplicate_stream_error_names_the_streams_key() -> None:
     raw = {"streams": [{"name": "chat.v1"}, {"name": "chat.v1", "maxlen": 5}]}
 

@@ -90,12 +90,6 @@ def test_bad_id_raises_value_error(bad: str) -> None:
         id_time_ms(bad)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="id_time_ms accepts a first character above '7': 26 base32 characters "
-    "hold 130 bits but an id has 128 (48-bit time + 80 random bits), so "
-    "'8000...0' decodes to a time of 2**48 ms instead of raising ValueError",
-)
 def test_id_with_more_than_128_bits_raises_value_error() -> None:
     with pytest.raises(ValueError):
         id_time_ms("8" + "0" * 25)

@@ -132,14 +132,6 @@ def test_all_idle_lanes_are_probed_again() -> None:
     assert set(scheduler.plan(9)) == {"k:high", "k:normal", "k:low"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lane that once came back empty is put in LaneScheduler._idle and "
-    "only LaneReader._blocking_read (run when every planned lane is empty) "
-    "calls wake(); so while the normal lane has a backlog, high-priority "
-    "events published after the high lane went idle wait until the whole "
-    "normal backlog has been read",
-)
 async def test_high_event_overtakes_a_normal_backlog(make_config: Any) -> None:
     order: list[str] = []
     async with EventBus(make_config(processor={"concurrency": 2})) as bus:

@@ -93,6 +93,23 @@ class StreamConfig(_Section):
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     description: str = ""
 
+    @field_validator("priorities")
+    @classmethod
+    def _priorities(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        return None if value is None else check_priorities(value)
+
+    @model_validator(mode="after")
+    def _schema_fits_topic(self) -> StreamConfig:
+        if self.schema_ is not None and self.name in DEFAULT_TOPICS:
+            raise ValueError(
+                f"schema: {self.name!r} is a built-in topic; its schema is fixed "
+                "(publish a new version such as a .v2 topic instead)"
+            )
+        if self.schema_ is None and self.name not in DEFAULT_TOPICS:
+            raise ValueError(f"schema: new topic {self.name!r} needs a 'schema'")
+
+        return self
+
     @field_validator("schema_")
     @classmethod
     def _schema_is_json_schema(
@@ -166,24 +183,19 @@ class BusConfig(_Section):
     def _priorities(cls, value: dict[str, int]) -> dict[str, int]:
         return check_priorities(value)
 
-    @model_validator(mode="after")
-    def _unique_streams(self) -> BusConfig:
-        seen: set[str] = set()
-        for stream in self.streams:
-            if stream.name in seen:
-                raise ValueError(f"stream {stream.name!r} is listed twice")
-            seen.add(stream.name)
-            if stream.priorities is not None:
-                check_priorities(stream.priorities)
-            if stream.schema_ is not None and stream.name in DEFAULT_TOPICS:
+    @field_validator("streams")
+    @classmethod
+    def _unique_streams(cls, value: list[StreamConfig]) -> list[StreamConfig]:
+        first: dict[str, int] = {}
+        for index, stream in enumerate(value):
+            if stream.name in first:
                 raise ValueError(
-                    f"stream {stream.name!r} is a built-in topic; its schema is fixed "
-                    "(publish a new version such as a .v2 topic instead)"
+                    f"streams[{index}].name: stream {stream.name!r} is listed twice "
+                    f"(first at streams[{first[stream.name]}])"
                 )
-            if stream.schema_ is None and stream.name not in DEFAULT_TOPICS:
-                raise ValueError(f"stream {stream.name!r} needs a 'schema'")
+            first[stream.name] = index
 
-        return self
+        return value
 
 
 def check_priorities(value: dict[str, int]) -> dict[str, int]:

@@ -70,4 +70,9 @@ def id_time_ms(event_id: str) -> int:
             raise ValueError(f"event id has a character outside base32: {event_id!r}")
         value = (value << 5) | digit
 
+    if value >> 128:
+        raise ValueError(
+            f"event id is over 128 bits (first character > '7'): {event_id!r}"
+        )
+
     return value >> _RANDOM_BITS

@@ -4,14 +4,19 @@ Each lane (one priority class of one topic, its own stream) has a weight. When
 a processor has ``free`` slots, :class:`LaneScheduler` splits them across the
 lanes in proportion to their weights, remembering what each lane was owed but
 not given (a deficit) so that small slot counts still honour the weights over
-time. A lane that came back empty is skipped until a later probe, so its share
-goes to the lanes that have work; a lane with a non-zero weight is never
-starved, because its deficit grows until it is served.
+time. A lane that came back empty is skipped for ``PROBE_AFTER_S``, so its
+share goes to the lanes that have work; then it is read again with its full
+share. So an urgent event arriving in an empty ``high`` lane while ``normal``
+has a backlog waits at most that long plus one read, and a lane with a
+non-zero weight is never starved, because its deficit grows until it is served.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+
+PROBE_AFTER_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -37,16 +42,20 @@ class LaneScheduler:
 
     lanes: list[Lane]
     _deficit: dict[str, float] = field(default_factory=dict)
-    _idle: set[str] = field(default_factory=set)
+    _idle: dict[str, float] = field(default_factory=dict)
 
     def plan(self, free: int) -> dict[str, int]:
         """Return how many entries to read from each lane key, at most ``free``.
 
-        Lanes last seen empty are left out while other lanes have work; when
-        every lane looked empty, all are probed again.
+        Lanes seen empty less than ``PROBE_AFTER_S`` ago are left out while
+        other lanes have work; when every lane looked empty, all are read.
         """
         if free <= 0:
             return {}
+        now = time.monotonic()
+        for key, since in list(self._idle.items()):
+            if now - since >= PROBE_AFTER_S:
+                del self._idle[key]
         active = [lane for lane in self.lanes if lane.weight > 0]
         busy = [lane for lane in active if lane.key not in self._idle] or active
         total = sum(lane.weight for lane in busy)
@@ -72,10 +81,18 @@ class LaneScheduler:
         if got < asked:
             # The lane ran dry: forget its unused share, skip it for a while.
             self._deficit[key] = 0.0
-            self._idle.add(key)
+            self._idle.setdefault(key, time.monotonic())
         else:
-            self._idle.discard(key)
+            self._idle.pop(key, None)
+
+    def weighted_lanes_idle(self, topic: str) -> bool:
+        """True if every lane of ``topic`` with a weight above 0 was seen empty."""
+        return all(
+            lane.key in self._idle
+            for lane in self.lanes
+            if lane.topic == topic and lane.weight > 0
+        )
 
     def wake(self, key: str) -> None:
         """Mark a lane as having work again (a blocking read returned from it)."""
-        self._idle.discard(key)
+        self._idle.pop(key, None)
