@@ -19,6 +19,7 @@ import typer
 from titan_bus import __version__
 from titan_bus.cli.common import CliState, exit_code_for, fail
 from titan_bus.cli.config_check import config_app
+from titan_bus.cli.dlq import dlq_app
 from titan_bus.cli.health import health
 from titan_bus.cli.publish import publish
 from titan_bus.cli.run import run
@@ -40,6 +41,7 @@ app.command()(streams)
 app.command()(tail)
 app.command()(health)
 app.add_typer(config_app, name="config")
+app.add_typer(dlq_app, name="dlq")
 
 
 def _show_version(value: bool) -> None:
