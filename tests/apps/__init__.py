@@ -1,0 +1,1 @@
+"""Bus applications that tests run as real processor subprocesses."""
