@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
 import redis
 from helpers import chat, running, wait_until
 
@@ -81,13 +80,6 @@ async def test_copies_read_in_one_batch_are_handled_once(bus: EventBus) -> None:
     assert counter.handled == {event_id: 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="handled marks are written when a handler succeeds, so a copy read "
-    "while the original still runs (here on the same processor; likewise a "
-    "claim of a handler slower than claim_idle_s) is handled again; closing "
-    "this needs the event ids in flight checked too",
-)
 async def test_copy_read_while_the_original_runs_is_not_handled_again(
     bus: EventBus,
 ) -> None:

@@ -49,6 +49,8 @@ class Intake:
         self._group = group
         self.duplicates = 0
         self.vanished = 0
+        self.running: set[tuple[str, str]] = set()
+        """``(topic, event id)`` of every event whose handlers run right now."""
 
     def delivery(self, entry: Entry, *, deliveries: int = 1) -> Delivery | None:
         """Decode an entry; set aside what cannot be handled and return None.
@@ -95,16 +97,25 @@ class Intake:
         return Delivery(lane, entry.entry_id, entry.fields, event, first)
 
     async def fresh(self, deliveries: list[Delivery]) -> list[Delivery]:
-        """Return the deliveries whose events this group has not handled yet."""
-        if self._marks is None or not deliveries:
+        """Return the deliveries whose events this group has not handled yet.
+
+        A copy of an event already running here (:attr:`running`), handled
+        here but not yet marked in Redis, or read earlier in the same batch is
+        a duplicate too: the first copy carries the event on (acked, retried,
+        or claimed if this process dies).
+        """
+        if not deliveries:
             return deliveries
 
-        seen = await self._marks.handled([d.event for d in deliveries])
+        events = [d.event for d in deliveries]
+        seen = (
+            await self._marks.handled(events)
+            if self._marks is not None
+            else [False] * len(events)
+        )
         fresh = []
-        taken: set[tuple[str, str]] = set()
+        taken = self.running | self._settler.handled_unwritten()
         for delivery, handled in zip(deliveries, seen, strict=True):
-            # A second copy in the same batch is a duplicate too: the first
-            # carries the event on (retried, or claimed if this process dies).
             name = (delivery.event.topic, delivery.event.id)
             if not handled and name not in taken:
                 taken.add(name)

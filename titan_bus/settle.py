@@ -79,6 +79,7 @@ class Settler:
         self._delayed = delayed
         self._marks = marks
         self._batch = _Batch()
+        self._flushing = _Batch()
         self._wake = asyncio.Event()
         self._closed = False
 
@@ -130,6 +131,15 @@ class Settler:
             self._batch.acks.setdefault(lane.key, []).extend(entry_ids)
             self._wake.set()
 
+    def handled_unwritten(self) -> set[tuple[str, str]]:
+        """Return ``(topic, event id)`` of handled events not yet marked in Redis."""
+        return {
+            (topic, event_id)
+            for batch in (self._flushing, self._batch)
+            for topic, ids in batch.handled.items()
+            for event_id in ids
+        }
+
     def then(self, command: Command) -> None:
         """Queue any other command, run after those queued before it."""
         self._push(command)
@@ -167,6 +177,7 @@ class Settler:
 
         pipe = self._client.pipeline(transaction=False)
         await batch.queue(pipe, self._group, self._marks)
+        self._flushing = batch
         try:
             results = await pipe.execute(raise_on_error=False)
         except Exception:
@@ -175,6 +186,8 @@ class Settler:
             batch.absorb(self._batch)
             self._batch = batch
             raise
+        finally:
+            self._flushing = _Batch()
         for result in results:
             if isinstance(result, Exception):
                 logger.error("settling command refused by Redis: %s", result)

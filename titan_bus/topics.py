@@ -7,6 +7,7 @@ topics that bring a JSON Schema.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from titan_bus.schemas import (
     json_schema_validator_for,
     model_validator_for,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,14 @@ def _resolve(name: str, entry: StreamConfig | None, config: BusConfig) -> Topic:
         assert entry is not None and entry.schema_ is not None
         validator = json_schema_validator_for(entry.schema_)
     lanes = dict((entry.priorities if entry else None) or config.priorities)
+    if pick("claim_idle_s") <= pick("handler_timeout_s"):
+        logger.warning(
+            "%s: claim_idle_s (%s) is not above handler_timeout_s (%s): an event "
+            "whose handler is still running may be claimed and run twice",
+            name,
+            pick("claim_idle_s"),
+            pick("handler_timeout_s"),
+        )
 
     return Topic(
         name=name,
