@@ -30,7 +30,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from telemetry_helpers import running, wait_until
 
 from titan_bus import Event, EventBus
-from titan_bus.errors import ConfigError
+from titan_bus.errors import ConfigError, RateLimitError
 from titan_bus.telemetry import LogContextFilter, Telemetry, tracer_provider_from
 from titan_bus.telemetry.tracing import http_endpoint
 
@@ -321,6 +321,27 @@ def test_producer_span_of_an_unpublished_event_ends_on_close(
     [span] = spans.get_finished_spans()
     assert span.attributes is not None
     assert span.attributes["messaging.titan.published"] is False
+
+
+async def test_a_refused_publish_ends_its_producer_span_as_failed(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+    spans: InMemorySpanExporter,
+    make_config: Any,
+) -> None:
+    config = make_config(
+        publishers=[{"name": "noisy", "rate_limit": 1, "rate_burst": 1}]
+    )
+    telemetry = Telemetry(tracer_provider=provider[0])
+    async with EventBus(config, observer=telemetry) as bus:
+        await bus.publish("system.v1", {"name": "first"}, source="noisy")
+        with pytest.raises(RateLimitError):
+            await bus.publish("system.v1", {"name": "second"}, source="noisy")
+
+    sent, refused = finished(spans, SpanKind.PRODUCER)
+    assert sent.status.status_code != StatusCode.ERROR
+    assert refused.status.status_code == StatusCode.ERROR
+    assert refused.attributes is not None
+    assert refused.attributes["error.type"] == "RateLimitError"
 
 
 class _Collector(http.server.BaseHTTPRequestHandler):

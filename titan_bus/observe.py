@@ -30,6 +30,9 @@ class Observer:
     def on_published(self, events: Sequence[Event], duration_s: float) -> None:
         """``events`` were written in one round trip taking ``duration_s`` seconds."""
 
+    def on_publish_failed(self, events: Sequence[Event], error: BaseException) -> None:
+        """``events`` were refused (quota, backlog) or their write failed."""
+
     @contextlib.contextmanager
     def handle_scope(self, event: Event, lane: str) -> Iterator[None]:
         """Wraps the run of every handler of one delivery (a consumer span)."""

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from titan_bus.admission import Admission, Durability
 from titan_bus.connection import async_redis_errors
+from titan_bus.errors import RateLimitError
 from titan_bus.outgoing import EventFactory, Outgoing, StreamWrite
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,27 @@ class Publisher:
         min_replicas: int | None,
         on_quota: QuotaPolicy,
     ) -> list[str]:
-        """Admit and write prepared writes; return the ids Redis holds."""
+        """Admit and write prepared writes; return the ids Redis holds.
+
+        The observer hears of every write refused or failed, so producer
+        spans end at once and quota refusals are counted.
+        """
+        try:
+            return await self._admit_and_write(writes, min_replicas, on_quota)
+        except Exception as exc:
+            events = [w.event for w in writes]
+            if isinstance(exc, RateLimitError):
+                for topic in dict.fromkeys(e.topic for e in events):
+                    self.factory.observer.on_rate_limited(topic, "publisher")
+            self.factory.observer.on_publish_failed(events, exc)
+            raise
+
+    async def _admit_and_write(
+        self,
+        writes: list[StreamWrite],
+        min_replicas: int | None,
+        on_quota: QuotaPolicy,
+    ) -> list[str]:
         topics = {
             w.event.topic: self.factory.registry.get(w.event.topic) for w in writes
         }

@@ -253,6 +253,14 @@ class Telemetry(Observer):
                 "telemetry of %d published events failed", len(events), exc_info=True
             )
 
+    def on_publish_failed(self, events: Sequence[Event], error: BaseException) -> None:
+        """End the producer spans of events that were not written, as failed."""
+        if self.tracing is not None:
+            try:
+                self.tracing.fail_producers(events, error)
+            except Exception:
+                logger.debug("could not end %d producer spans", len(events))
+
     @contextlib.contextmanager
     def handle_scope(self, event: Event, lane: str) -> Iterator[None]:
         """Run one delivery's handlers with its log context and consumer span."""

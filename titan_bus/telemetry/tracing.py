@@ -192,6 +192,16 @@ class Tracing:
             span.set_attributes(_message_attributes(event, event.priority))
             span.end()
 
+    def fail_producers(self, events: Sequence[Event], exc: BaseException) -> None:
+        """End, as failed, the producer spans of events that were not written."""
+        for event in events:
+            parent = event.headers.get("traceparent")
+            with self._lock:
+                span = self._open.pop(parent, None) if parent else None
+            if span is not None:
+                _record_failure(span, exc)
+                span.end()
+
     def close(self) -> None:
         """End every producer span still waiting for its write."""
         with self._lock:
