@@ -65,7 +65,8 @@ def test_streams_json_reports_lengths_groups_dead_letters_and_delayed(
     assert group["name"] == "workers"
     assert (group["consumers"], group["pending"], group["lag"]) == (1, 2, 1)
     assert lanes["high"] == {"lane": "high", "key": keys.lane("chat.v1", "high"),
-                             "length": 0, "groups": []}  # fmt: skip
+                             "length": 0, "groups": [], "weight": 5}  # fmt: skip
+    assert (chat["rate_limit"], chat["strict_priority"]) == (None, False)
     assert topics["fs.v1"]["dead_letters"] == 0
 
 

@@ -42,22 +42,30 @@ class GroupInfo:
 
 @dataclass(frozen=True)
 class LaneInfo:
-    """One lane stream: its key, length in entries and consumer groups."""
+    """One lane stream: its key, weight, length in entries and consumer groups."""
 
     lane: str
     key: str
     length: int
     groups: list[GroupInfo]
+    weight: int = 0
 
 
 @dataclass(frozen=True)
 class TopicInfo:
-    """One topic: its lanes, dead letters and events waiting in its delayed set."""
+    """One topic: its lanes, dead letters, delayed events and rate limit.
+
+    ``rate_limit`` is the configured limit in events handled per second across
+    all processors (None: unlimited); ``strict_priority`` says whether higher
+    lanes always go first instead of sharing by weight.
+    """
 
     topic: str
     dead_letters: int
     delayed: int
     lanes: list[LaneInfo]
+    rate_limit: float | None = None
+    strict_priority: bool = False
 
 
 def streams(
@@ -105,10 +113,20 @@ def collect(client: redis.Redis, config: BusConfig) -> list[TopicInfo]:
             key = keys.lane(topic.name, lane)
             length = _checked(next(replies), key)
             groups = _groups(next(replies), key)
-            lanes.append(LaneInfo(lane, key, length, groups))
+            weight = topic.lanes[lane]
+            lanes.append(LaneInfo(lane, key, length, groups, weight))
         dead = _checked(next(replies), keys.dead_letters(topic.name))
         delayed = _checked(next(replies), keys.delayed(topic.name))
-        found.append(TopicInfo(topic.name, dead, delayed, lanes))
+        found.append(
+            TopicInfo(
+                topic.name,
+                dead,
+                delayed,
+                lanes,
+                rate_limit=topic.rate_limit,
+                strict_priority=topic.strict_priority,
+            )
+        )
 
     return found
 
@@ -151,27 +169,37 @@ def render(topics: list[TopicInfo], config: BusConfig) -> Table:
     table.add_column("group", no_wrap=True)
     for name in ("consumers", "pending", "lag", "dead letters", "delayed"):
         table.add_column(name, justify="right")
+    table.add_column("rate limit", justify="right")
 
     for topic in topics:
         first = True
         for lane in topic.lanes:
-            for row in _lane_rows(lane):
-                shared = (topic.dead_letters, topic.delayed) if first else ("", "")
+            for row in _lane_rows(lane, strict=topic.strict_priority):
+                shared = (
+                    (str(topic.dead_letters), str(topic.delayed), _rate(topic))
+                    if first
+                    else ("", "", "")
+                )
                 name = topic.topic if first else ""
-                table.add_row(name, *row, *map(str, shared))
+                table.add_row(name, *row, *shared)
                 first = False
         table.add_section()
 
     return table
 
 
-def _lane_rows(lane: LaneInfo) -> list[tuple[str, ...]]:
+def _rate(topic: TopicInfo) -> str:
+    return "-" if topic.rate_limit is None else f"{topic.rate_limit:g}/s"
+
+
+def _lane_rows(lane: LaneInfo, *, strict: bool) -> list[tuple[str, ...]]:
+    label = f"{lane.lane} ({'strict' if strict else f'w{lane.weight}'})"
     if not lane.groups:
-        return [(lane.lane, str(lane.length), "-", "", "", "")]
+        return [(label, str(lane.length), "-", "", "", "")]
 
     rows: list[tuple[str, ...]] = []
     for index, group in enumerate(lane.groups):
-        head = (lane.lane, str(lane.length)) if index == 0 else ("", "")
+        head = (label, str(lane.length)) if index == 0 else ("", "")
         lag = "?" if group.lag is None else str(group.lag)
         rows.append((*head, group.name, str(group.consumers), str(group.pending), lag))
 
