@@ -9,6 +9,7 @@ topic's delayed set, released into the lane when due.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -209,7 +210,9 @@ def _delay(
     if delay_s is not None:
         if delay_s < 0:
             raise ValidationError(f"{topic}: delay_s must be 0 or more, got {delay_s}")
-        return int(delay_s * 1000), None
+        # Rounded up to whole ms, never down: 1.001 * 1000 is 1000.999... in
+        # floating point, and truncating it would release the event 1 ms early.
+        return math.ceil(round(delay_s * 1000, 3)), None
     if at is not None:
         if at.tzinfo is None:
             raise ValidationError(f"{topic}: 'at' must be timezone-aware, got {at}")

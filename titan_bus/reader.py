@@ -179,7 +179,14 @@ class LaneReader:
         return got
 
     async def _blocking_read(self, free: int, caps: Mapping[str, int]) -> list[Entry]:
-        lanes = [lane for lane in self._lanes if caps.get(lane.topic, free) > 0]
+        # A weight-0 lane waits until every weighted lane of its topic was
+        # seen empty; the planned reads may have probed only some of them.
+        lanes = [
+            lane
+            for lane in self._lanes
+            if caps.get(lane.topic, free) > 0
+            and (lane.weight > 0 or self._scheduler.weighted_lanes_idle(lane.topic))
+        ]
         if not lanes:
             return []
         count = min(
