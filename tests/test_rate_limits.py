@@ -162,11 +162,6 @@ def test_global_limit_holds_over_two_topics_and_processes(
     assert min(by_topic.values()) >= 0.25 * len(window), by_topic
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="permits taken before a blocking read are held while it blocks, and "
-    "used together with those the bucket refilled meanwhile (processor._read)",
-)
 def test_limit_holds_when_due_events_reach_idle_processors(
     tmp_path: Path, redis_url: str, key_prefix: str, sync_redis: redis.Redis
 ) -> None:
@@ -201,11 +196,6 @@ def test_limit_holds_when_due_events_reach_idle_processors(
     assert busiest <= rate + burst, f"{busiest} handled in one second"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a blocking read asks every lane for up to the topic's permits, so "
-    "a backlog in two lanes is read at twice the permits (reader._blocking_read)",
-)
 async def test_limit_holds_with_a_backlog_in_two_lanes(make_config: Any) -> None:
     """Backlogs in ``normal`` and ``low`` under ``rate_limit: 50``: at most 55/s."""
     rate, burst = 50, 5

@@ -46,6 +46,11 @@ CLAIM_CHECK_MIN_S = 0.5
 CLAIM_CHECK_MAX_S = 30.0
 CLAIMS_PER_ROUND = 100
 BACKGROUND_STOP_S = 2.0
+GATED_IDLE_POLL_S = 0.05
+"""How often an idle processor under a rate limit looks for work, in seconds.
+
+It cannot block on the lanes while holding permits, so it polls instead: a
+take, a read and a give-back about 20 times a second while idle."""
 
 __all__ = ["Handler", "Processor", "new_consumer_name"]
 
@@ -309,11 +314,17 @@ class Processor:
                 self._observer.on_rate_limited(topic, kind)
             await self._sleep(min(permits.wait_s(), self.config.block_ms / 1000))
             return []
-        entries = await self._reader.read_new(min(free, permits.total), permits.caps)
+        # Never block while holding permits: the bucket refills meanwhile, and
+        # a blocking read can return more entries than were permitted.
+        entries = await self._reader.read_new(
+            min(free, permits.total), permits.caps, block=False
+        )
         used: dict[str, int] = {}
         for entry in entries:
             used[entry.lane.topic] = used.get(entry.lane.topic, 0) + 1
         await self._gate.give_back(permits, used)
+        if not entries:
+            await self._sleep(min(GATED_IDLE_POLL_S, self.config.block_ms / 1000))
 
         return entries
 

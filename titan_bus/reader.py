@@ -125,14 +125,19 @@ class LaneReader:
         return entries
 
     async def read_new(
-        self, free: int, caps: Mapping[str, int] | None = None
+        self, free: int, caps: Mapping[str, int] | None = None, *, block: bool = True
     ) -> list[Entry]:
         """Return up to about ``free`` new entries, shared between lanes by weight.
 
         Args:
             free: free handler slots.
             caps: topic name to the most entries it may return now (rate
-                limits); topics not named are not capped.
+                limits); topics not named are not capped. The planned reads
+                never return more than a cap; a blocking read may return up
+                to one entry per lane, so callers that hold permits pass
+                ``block=False``.
+            block: when every planned read came back empty, block on all
+                lanes for up to ``block_ms`` (else return at once).
         """
         plan = _capped(self._scheduler.plan(free), self._by_key, caps or {})
         pipe = self._client.pipeline(transaction=False)
@@ -141,7 +146,7 @@ class LaneReader:
         entries: list[Entry] = []
         for (lanes, asked), reply in zip(reads, await pipe.execute(), strict=True):
             entries.extend(self._record(lanes, asked, reply))
-        if entries or not plan:
+        if entries or not plan or not block:
             return entries
 
         return await self._blocking_read(free, caps or {})
