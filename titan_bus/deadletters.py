@@ -167,6 +167,9 @@ def read_dead_letter(topic: str, dlq_id: str, fields: dict[bytes, bytes]) -> Dea
         raw = {str(k): str(v) for k, v in raw_json.items()} or raw_fields_text(fields)
 
     stored = fields[EVENT_FIELD] if event is not None else None
+    attempts = failure.get("attempts")
+    if event is not None and isinstance(attempts, int) and attempts >= 1:
+        event = event.with_attempt(attempts)
 
     return DeadLetter(dlq_id, topic, event, raw, failure, stored)
 

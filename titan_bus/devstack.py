@@ -32,8 +32,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from types import FrameType
 
@@ -46,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 EXTRA_GRACE_S = 5.0
 POLL_S = 0.2
+READY_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -187,23 +190,44 @@ def child_env(url: str, config: Path | None) -> dict[str, str]:
     return env
 
 
-def banner(args: argparse.Namespace, choice: RedisChoice, stack: Supervisor) -> str:
+def banner(
+    args: argparse.Namespace, choice: RedisChoice, stack: Supervisor, metrics: str
+) -> str:
     """Return the text that tells the user where everything is."""
     pids = {name: child.pid for name, child in stack.children.items()}
+    lines = [
+        "",
+        "Titan Event Bus is up",
+        f"  redis      {redacted(choice.url)}  ({choice.origin})",
+        f"  processor  titan-bus run --app {args.app}  (pid {pids['processor']})",
+        f"  watcher    {args.watch_dir}  (pid {pids['watcher']})",
+    ]
+    if metrics:
+        lines.append(f"  metrics    {metrics}/metrics  (health: /healthz, /readyz)")
+    lines += [
+        "  try        create a file in the watched folder; make test-publish;"
+        " make check-streams",
+        f"  cli        in another shell, first: export TITAN_REDIS_URL={choice.url}",
+        "  stop       Ctrl-C",
+        "",
+    ]
 
-    return "\n".join(
-        [
-            "",
-            "Titan Event Bus is up",
-            f"  redis      {redacted(choice.url)}  ({choice.origin})",
-            f"  processor  titan-bus run --app {args.app}  (pid {pids['processor']})",
-            f"  watcher    {args.watch_dir}  (pid {pids['watcher']})",
-            "  try        create a file in the watched folder; make test-publish;"
-            " make check-streams",
-            "  stop       Ctrl-C",
-            "",
-        ]
-    )
+    return "\n".join(lines)
+
+
+def wait_until_ready(base_url: str, *, timeout_s: float = READY_TIMEOUT_S) -> bool:
+    """Poll ``base_url``/readyz until it answers 200; False after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/readyz", timeout=1) as reply:
+                if reply.status == HTTPStatus.OK:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+
+    return False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -225,7 +249,10 @@ def run(args: argparse.Namespace) -> int:
         stack.spawn("processor", [command, "run", "--app", args.app], env)
         watcher = [sys.executable, str(args.watcher), str(args.watch_dir)]
         stack.spawn("watcher", watcher, env)
-        print(banner(args, choice, stack), flush=True)
+        metrics = _metrics_url(config)
+        if metrics and not wait_until_ready(metrics):
+            print(f"warning: the processor is not ready at {metrics}/readyz yet")
+        print(banner(args, choice, stack, metrics), flush=True)
         code = stack.supervise()
     finally:
         stack.shutdown()
@@ -234,6 +261,11 @@ def run(args: argparse.Namespace) -> int:
             choice.server.stop()
 
     return code
+
+
+def _metrics_url(config: BusConfig) -> str:
+    port = config.metrics.port
+    return f"http://{config.metrics.host}:{port}" if port else ""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

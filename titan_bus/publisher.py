@@ -138,7 +138,10 @@ class Publisher:
         if replicas:
             pipe.wait(replicas, self.durability.replica_timeout_ms)
         started = time.perf_counter()
-        async with async_redis_errors(f"publish {len(writes)} events"):
+        what = f"publish {writes[0].event.topic} event {writes[0].event.id}"
+        if len(writes) > 1:
+            what = f"publish {len(writes)} events"
+        async with async_redis_errors(what):
             replies = await pipe.execute()
         elapsed = time.perf_counter() - started
         self.factory.observer.on_published([w.event for w in writes], elapsed)

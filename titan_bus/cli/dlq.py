@@ -75,8 +75,9 @@ def list_letters(
             str(failure.get("last_failed_at", "")),
             str(failure.get("consumer", "")),
         )
-    stdout.print(table)
-    stderr.print(f"{len(letters)} dead letters shown")
+    if letters:
+        stdout.print(table)
+    stderr.print(f"{len(letters)} dead letters of {topic} shown")
 
 
 @dlq_app.command("show")
