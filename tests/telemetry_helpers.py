@@ -7,62 +7,24 @@ and read the real thing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import os
 import shutil
 import socket
-import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from helpers import Predicate, running
+from helpers import wait_until as _wait_until
 
-from titan_bus import EventBus
-from titan_bus.processor import Processor
-
-Predicate = Callable[[], bool | Awaitable[bool]]
+__all__ = ["aget", "free_port", "http_get", "require_tool", "running", "wait_until"]
 
 
 async def wait_until(
     predicate: Predicate, timeout_s: float = 10.0, *, what: str = "condition"
 ) -> None:
-    """Poll ``predicate`` (sync or async) until true, at most ``timeout_s`` s.
-
-    Raises:
-        AssertionError: it was still false at the deadline.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-@contextlib.asynccontextmanager
-async def running(bus: EventBus) -> AsyncIterator[Processor]:
-    """Run ``bus``'s processor in a task until the block ends; yield it once ready."""
-    task = asyncio.create_task(bus.run())
-
-    def ready() -> bool:
-        if task.done():
-            task.result()
-            raise AssertionError("processor returned before it was ready")
-        return bus.processor is not None and bus.processor.ready
-
-    await wait_until(ready, what="processor ready")
-    assert bus.processor is not None
-    try:
-        yield bus.processor
-    finally:
-        bus.stop()
-        await asyncio.wait_for(task, timeout=15)
+    """:func:`helpers.wait_until` with the longer default these tests need."""
+    await _wait_until(predicate, timeout_s, what=what)
 
 
 def free_port() -> int:
