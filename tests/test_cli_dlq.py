@@ -96,7 +96,8 @@ def test_replay_keeps_id_and_trace_and_resets_attempts(
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["replayed"] == [dead[0]]
-    lane = KeySpace(key_prefix).lane("system.v1", "normal")
+    # Back to the group that gave up on it, not to every group of the topic.
+    lane = KeySpace(key_prefix).retry_lane("system.v1", "titan")
     _, newest = sync_redis.xrevrange(lane, count=1)[0]
     event = decode_entry(newest)
     assert (event.id, event.attempt) == (dead[0], 1)

@@ -33,7 +33,11 @@ async def pending_total(bus: EventBus, topic: str = TOPIC) -> int:
 
 async def waiting(bus: EventBus, topic: str = TOPIC) -> int:
     """Events waiting in ``topic``'s delayed set."""
-    return int(await bus.client.zcard(bus.keys.delayed(topic)))
+    return int(
+        await bus.client.zcard(
+            bus.keys.retry_delayed(topic, bus.config.processor.group)
+        )
+    )
 
 
 async def settled(bus: EventBus) -> bool:

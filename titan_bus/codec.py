@@ -30,13 +30,21 @@ EntryFields = dict[FieldT, EncodableT]
 """Fields of a stream entry as written (redis-py's accepted key and value types)."""
 
 _dumps = json.JSONEncoder(
-    ensure_ascii=False, sort_keys=True, separators=(",", ":")
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
 ).encode
 
 
 def canonical_json(value: Any) -> bytes:
-    """Return ``value`` as canonical JSON bytes (sorted keys, compact, UTF-8)."""
-    return _dumps(value).encode("utf-8")
+    """Return ``value`` as canonical JSON bytes (sorted keys, compact, UTF-8).
+
+    Raises:
+        ValueError: NaN or infinity, a lone surrogate, nesting too deep for
+            the encoder, or a value JSON cannot hold.
+    """
+    try:
+        return _dumps(value).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError, TypeError) as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def envelope_bytes(event: Event) -> bytes:

@@ -17,6 +17,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import jsonschema
 import yaml
@@ -33,7 +34,7 @@ LANE_NAME = r"^[a-z][a-z0-9_]{0,31}$"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RedisConfig(_Section):
@@ -50,6 +51,11 @@ class RedisConfig(_Section):
     def _scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        try:
+            parsed = urlsplit(value)
+            parsed.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL: {exc}") from exc
 
         return value
 
@@ -58,10 +64,10 @@ class TopicDefaults(_Section):
     """Per-topic settings that every stream inherits unless it overrides them."""
 
     maxlen: int | None = Field(default=100_000, ge=1, description="entries per lane")
-    rate_limit: float | None = Field(default=None, gt=0, description="events/s")
+    rate_limit: float | None = Field(default=None, ge=0.001, description="events/s")
     retry_limit: int = Field(default=3, ge=0)
     retry_base_s: float = Field(default=1.0, gt=0)
-    retry_max_s: float = Field(default=60.0, gt=0)
+    retry_max_s: float = Field(default=60.0, gt=0, le=604_800)
     handler_timeout_s: float = Field(default=30.0, gt=0)
     claim_idle_s: float = Field(default=60.0, gt=0)
     max_payload_bytes: int | None = Field(default=None, ge=1)
@@ -77,10 +83,10 @@ class StreamConfig(_Section):
 
     name: str = Field(pattern=TOPIC_NAME.pattern)
     maxlen: int | None = Field(default=None, ge=1)
-    rate_limit: float | None = Field(default=None, gt=0)
+    rate_limit: float | None = Field(default=None, ge=0.001)
     retry_limit: int | None = Field(default=None, ge=0)
     retry_base_s: float | None = Field(default=None, gt=0)
-    retry_max_s: float | None = Field(default=None, gt=0)
+    retry_max_s: float | None = Field(default=None, gt=0, le=604_800)
     handler_timeout_s: float | None = Field(default=None, gt=0)
     claim_idle_s: float | None = Field(default=None, gt=0)
     max_payload_bytes: int | None = Field(default=None, ge=1)
@@ -131,7 +137,7 @@ class ProcessorConfig(_Section):
     concurrency: int = Field(default=32, ge=1, le=10_000)
     block_ms: int = Field(default=1000, ge=10, le=60_000)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
-    idempotency_window_s: float = Field(default=3600.0, ge=0)
+    idempotency_window_s: float = Field(default=3600.0, ge=0, le=2_592_000)
     retention_interval_s: float = Field(default=5.0, gt=0)
 
 
@@ -155,7 +161,7 @@ class PublisherConfig(_Section):
     """Quotas of one publisher identity (the event ``source``, e.g. a plugin)."""
 
     name: str = Field(min_length=1, max_length=256)
-    rate_limit: float | None = Field(default=None, gt=0, description="events/s")
+    rate_limit: float | None = Field(default=None, ge=0.001, description="events/s")
     rate_burst: int | None = Field(default=None, ge=1, description="events")
     max_payload_bytes: int | None = Field(default=None, ge=1)
 
@@ -166,7 +172,7 @@ class BusConfig(_Section):
     redis: RedisConfig = RedisConfig()
     key_prefix: str = Field(default="titan", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     max_payload_bytes: int = Field(default=1_048_576, ge=1)
-    global_rate_limit: float | None = Field(default=None, gt=0)
+    global_rate_limit: float | None = Field(default=None, ge=0.001)
     global_rate_burst: int | None = Field(default=None, ge=1)
     priorities: dict[str, int] = Field(
         default_factory=lambda: {"high": 5, "normal": 3, "low": 1}
@@ -182,6 +188,18 @@ class BusConfig(_Section):
     @classmethod
     def _priorities(cls, value: dict[str, int]) -> dict[str, int]:
         return check_priorities(value)
+
+    @model_validator(mode="after")
+    def _reads_end_before_the_socket_times_out(self) -> BusConfig:
+        block_s = self.processor.block_ms / 1000
+        if block_s >= self.redis.socket_timeout_s:
+            raise ValueError(
+                f"processor.block_ms ({self.processor.block_ms}) must be shorter than "
+                f"redis.socket_timeout_s ({self.redis.socket_timeout_s} s), or every "
+                "idle read times out and reconnects"
+            )
+
+        return self
 
     @field_validator("streams")
     @classmethod
@@ -278,6 +296,8 @@ def _config_path(path: str | Path | None) -> Path | None:
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason})") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     try:

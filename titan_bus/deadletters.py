@@ -64,8 +64,8 @@ class Failure:
 
         return cls(
             error_type=type(exc).__name__,
-            error_message=str(exc),
-            traceback="".join(lines[-TRACEBACK_LINES:]),
+            error_message=safe_text(exc),
+            traceback=safe_text("".join(lines[-TRACEBACK_LINES:])),
             attempts=attempts,
             consumer=consumer,
             first_failed_at=first_failed_at or now,
@@ -73,8 +73,50 @@ class Failure:
         )
 
 
+# KEYS[1] dead letters; KEYS[2] the stream the entry came from; ARGV[1] group;
+# ARGV[2] entry id; ARGV[3..] dead-letter fields. The ack runs only if the
+# dead letter was written (a refused XADD, e.g. out of memory, aborts the
+# script), so an event is never acked without its dead letter.
+MOVE_TO_DEAD_LETTERS_LUA = """
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[1], '*', unpack(fields))
+return redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+"""
+
+# KEYS[1] dead letters; KEYS[2] the stream to replay into; ARGV[1] dead-letter
+# id; ARGV[2..] entry fields. The dead letter is deleted only once the replay
+# was written.
+REPLAY_LUA = """
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], '*', unpack(fields))
+return redis.call('XDEL', KEYS[1], ARGV[1])
+"""
+
+
+def safe_text(value: object) -> str:
+    """Return ``str(value)`` as text that encodes to UTF-8, whatever it holds.
+
+    An exception message may hold lone surrogates (an undecodable file name)
+    or its ``__str__`` may itself raise; neither may stop an event from
+    reaching the dead letters.
+    """
+    try:
+        text = str(value)
+    except Exception as exc:
+        text = f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
+
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def dead_letter_fields(
-    fields: dict[bytes, bytes], failure: Failure, *, lane: str, entry_id: str
+    fields: dict[bytes, bytes],
+    failure: Failure,
+    *,
+    lane: str,
+    entry_id: str,
+    group: str | None = None,
 ) -> EntryFields:
     """Return the dead-letter entry for a stream entry and its failure."""
     now = datetime.now(UTC)
@@ -88,6 +130,7 @@ def dead_letter_fields(
         "last_failed_at": (failure.last_failed_at or now).isoformat(),
         "lane": lane,
         "entry_id": entry_id,
+        "group": group,
     }
     out: EntryFields = {b"failure": canonical_json(meta)}
     if EVENT_FIELD in fields and _is_json(fields[EVENT_FIELD]):
@@ -101,7 +144,7 @@ def dead_letter_fields(
 def _is_json(raw: bytes) -> bool:
     try:
         json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
     return True
@@ -179,7 +222,7 @@ def _json_object(raw: bytes | None) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(raw)
-    except ValueError:
-        return {"error_message": raw.decode("utf-8", "backslashreplace")}
+    except (ValueError, RecursionError):
+        return {"unreadable": raw[:1000].decode("utf-8", "backslashreplace")}
 
     return value if isinstance(value, dict) else {}

@@ -39,12 +39,14 @@ local due = redis.call('ZRANGE', KEYS[1], '-inf', now, 'BYSCORE', 'LIMIT', 0,
 local moved = 0
 for _, member in ipairs(due) do
   local ok, item = pcall(cjson.decode, member)
+  local args = {}
   if ok and type(item) == 'table' and type(item['fields']) == 'table' then
-    local args = {}
     for name, value in pairs(item['fields']) do
-      args[#args + 1] = name
+      args[#args + 1] = tostring(name)
       args[#args + 1] = tostring(value)
     end
+  end
+  if #args > 0 then
     redis.call('XADD', lanes[item['lane']] or KEYS[#KEYS], '*', unpack(args))
     moved = moved + 1
   else

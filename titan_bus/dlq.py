@@ -14,8 +14,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from titan_bus.codec import ATTEMPT_FIELD, EVENT_FIELD, EntryFields
-from titan_bus.deadletters import DeadLetter, read_dead_letter
+from titan_bus.codec import ATTEMPT_FIELD, EVENT_FIELD
+from titan_bus.deadletters import REPLAY_LUA, DeadLetter, read_dead_letter
 from titan_bus.errors import TitanBusError, ValidationError
 from titan_bus.keys import KeySpace
 from titan_bus.topics import TopicRegistry
@@ -27,6 +27,10 @@ SCAN_BATCH = 500
 
 class DeadLetterNotFoundError(TitanBusError):
     """Raised when a dead letter named by id does not exist."""
+
+
+class ReplayError(TitanBusError):
+    """Raised when some dead letters could not be replayed (they stay listed)."""
 
 
 class DeadLetters:
@@ -106,23 +110,50 @@ class DeadLetters:
         if not letters:
             return []
 
-        spec = self._registry.get(topic)
-        lowest = list(spec.lanes)[-1]
-        pipe = self._client.pipeline(transaction=True)
-        replayed = []
+        pipe = self._client.pipeline(transaction=False)
         for letter in letters:
             assert letter.event is not None and letter.stored is not None
-            lane = (
-                letter.event.priority if letter.event.priority in spec.lanes else lowest
-            )
-            fields: EntryFields = {EVENT_FIELD: letter.stored, ATTEMPT_FIELD: b"1"}
-            pipe.xadd(self._keys.lane(topic, lane), fields)
-            pipe.xdel(self._key(topic), letter.dlq_id)
-            replayed.append(letter.event.id)
-        await pipe.execute()
+            target = self._replay_key(topic, letter)
+            args: list[Any] = [
+                letter.dlq_id,
+                EVENT_FIELD,
+                letter.stored,
+                ATTEMPT_FIELD,
+                b"1",
+            ]
+            pipe.eval(REPLAY_LUA, 2, self._key(topic), target, *args)
+        replies = await pipe.execute(raise_on_error=False)
+        replayed = []
+        for letter, reply in zip(letters, replies, strict=True):
+            if isinstance(reply, Exception):
+                logger.error(
+                    "%s dead letter %s not replayed: %s", topic, letter.dlq_id, reply
+                )
+            elif letter.event is not None:
+                replayed.append(letter.event.id)
         logger.info("replayed %d dead letters of %s", len(replayed), topic)
+        if len(replayed) < len(letters):
+            raise ReplayError(
+                f"{topic}: replayed {len(replayed)} of {len(letters)} dead letters; "
+                "the others are still listed (see the log for why)"
+            )
 
         return replayed
+
+    def _replay_key(self, topic: str, letter: DeadLetter) -> str:
+        """Return where a replay goes: the retries of the group that gave up on
+        it (so other groups, which handled it, do not get it again), else its lane.
+        """
+        group = letter.failure.get("group")
+        if isinstance(group, str) and group:
+            return self._keys.retry_lane(topic, group)
+
+        spec = self._registry.get(topic)
+        assert letter.event is not None
+        lane = letter.event.priority
+        return self._keys.lane(
+            topic, lane if lane in spec.lanes else list(spec.lanes)[-1]
+        )
 
     async def _scan(self, topic: str) -> AsyncIterator[DeadLetter]:
         start = "-"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -33,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[Event], Awaitable[None]]
 
+MAX_RETRY_DELAY_S = 7 * 24 * 3600.0
+"""Longest retry delay a handler may ask for, in seconds (one week)."""
+
 
 def backoff_s(attempt: int, *, base_s: float, max_s: float) -> float:
     """Return the delay before retrying a failed ``attempt``, in seconds.
@@ -48,6 +52,10 @@ def backoff_s(attempt: int, *, base_s: float, max_s: float) -> float:
 
 class HandlerRunner:
     """Runs handlers with a timeout and settles each delivery by its outcome.
+
+    The observer is told the event's priority as its lane, also for a retry
+    read from the group's retry stream, so metrics and spans keep one lane
+    per priority.
 
     Args:
         registry: the bus's topics (retry policy, timeout).
@@ -79,7 +87,7 @@ class HandlerRunner:
         error: BaseException | None = None
         started = time.perf_counter()
         try:
-            with self._observer.handle_scope(event, lane.name):
+            with self._observer.handle_scope(event, event.priority):
                 async with asyncio.timeout(topic.handler_timeout_s):
                     for handler in self._handlers[lane.topic]:
                         await handler(event)
@@ -99,13 +107,14 @@ class HandlerRunner:
             outcome = "handled"
             self._settler.ack(delivery)
         elapsed = time.perf_counter() - started
-        self._observer.on_outcome(event, lane.name, outcome, elapsed, error)
+        self._observer.on_outcome(event, event.priority, outcome, elapsed, error)
 
     def crashed(self, delivery: Delivery, exc: BaseException) -> None:
         """Settle a delivery whose runs kept stopping its processor."""
         topic = self._registry.get(delivery.lane.topic)
         outcome = self.failed(delivery, topic, exc)
-        self._observer.on_outcome(delivery.event, delivery.lane.name, outcome, 0.0, exc)
+        event = delivery.event
+        self._observer.on_outcome(event, event.priority, outcome, 0.0, exc)
 
     def failed(self, delivery: Delivery, topic: Topic, exc: BaseException) -> Outcome:
         """Retry the delivery later, or dead-letter it if attempts are spent."""
@@ -126,6 +135,15 @@ class HandlerRunner:
         )
         if isinstance(exc, RetryLater) and exc.after_s is not None:
             delay = exc.after_s
+            if not math.isfinite(delay) or not 0 <= delay <= MAX_RETRY_DELAY_S:
+                logger.warning(
+                    "%s event %s: RetryLater(after_s=%r) out of range; using %s s",
+                    topic.name,
+                    event.id,
+                    exc.after_s,
+                    MAX_RETRY_DELAY_S if delay > 0 else 0,
+                )
+                delay = MAX_RETRY_DELAY_S if delay > 0 else 0.0
         logger.warning(
             "%s event %s failed attempt %d of %d (%s: %s); retrying in %.2f s",
             topic.name,

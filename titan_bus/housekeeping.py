@@ -89,9 +89,12 @@ class Housekeeper:
                     if next_due is not None:
                         wait_s = min(wait_s, next_due)
             except Exception as exc:
-                if not is_connection_problem(exc):
-                    raise
-                logger.debug("delayed release skipped: %s", exc)
+                if is_connection_problem(exc):
+                    logger.debug("delayed release skipped: %s", exc)
+                else:
+                    logger.error(
+                        "releasing delayed events failed (%s); will retry", exc
+                    )
             self.wake.clear()
             await self._pause(wait_s, wakeable=True)
 

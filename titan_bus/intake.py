@@ -14,10 +14,13 @@ import logging
 from titan_bus.codec import decode_entry
 from titan_bus.deadletters import Failure
 from titan_bus.dedup import HandledMarks
-from titan_bus.errors import MalformedEntryError
+from titan_bus.errors import MalformedEntryError, ValidationError
+from titan_bus.events import Event
+from titan_bus.lanes import Lane
 from titan_bus.observe import Observer
 from titan_bus.reader import Entry
 from titan_bus.settle import FIRST_FAILED_FIELD, Delivery, Settler
+from titan_bus.topics import TopicRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ class Intake:
         observer: told about every entry dropped.
         consumer: this consumer's name, recorded with dead letters.
         group: the consumer group, for messages.
+        registry: the bus's topics, to check each payload against its schema.
     """
 
     def __init__(
@@ -41,7 +45,9 @@ class Intake:
         observer: Observer,
         consumer: str,
         group: str,
+        registry: TopicRegistry,
     ) -> None:
+        self._registry = registry
         self._settler = settler
         self._marks = marks
         self._observer = observer
@@ -75,7 +81,7 @@ class Intake:
             self._observer.on_dropped(lane.topic, lane.name, "vanished")
             return None
         try:
-            event = decode_entry(entry.fields)
+            event = self._check(lane, decode_entry(entry.fields))
         except MalformedEntryError as exc:
             logger.warning(
                 "malformed entry %s in %s lane %s: %s; moved to dead letters",
@@ -95,6 +101,31 @@ class Intake:
         first = _int_or_none(entry.fields.get(FIRST_FAILED_FIELD))
 
         return Delivery(lane, entry.entry_id, entry.fields, event, first)
+
+    def _check(self, lane: Lane, event: Event) -> Event:
+        """Return ``event`` if it belongs where it was read and fits its schema.
+
+        Entries can be written by anyone with access to the stream, not only
+        through ``publish``; one that claims another topic, names no lane of
+        its topic, or carries a payload its topic's schema rejects is set aside
+        rather than handed to handlers that trust the schema.
+
+        Raises:
+            MalformedEntryError: it does not; the message says how.
+        """
+        if event.topic != lane.topic:
+            raise MalformedEntryError(
+                f"envelope names topic {event.topic!r} but was read from {lane.topic}"
+            )
+        topic = self._registry.get(lane.topic)
+        if event.priority not in topic.lanes:
+            raise MalformedEntryError(f"envelope names unknown lane {event.priority!r}")
+        try:
+            topic.validate(event.data)
+        except ValidationError as exc:
+            raise MalformedEntryError(str(exc)) from exc
+
+        return event
 
     async def fresh(self, deliveries: list[Delivery]) -> list[Delivery]:
         """Return the deliveries whose events this group has not handled yet.

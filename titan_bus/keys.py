@@ -6,7 +6,9 @@ one ACL pattern, ``<prefix>:{<topic>}:*``, covers exactly that topic::
 
     titan:{chat.v1}:lane:high      one stream per lane
     titan:{chat.v1}:dlq            dead letters
-    titan:{chat.v1}:delayed        retries and delayed publishes not yet due
+    titan:{chat.v1}:delayed        delayed publishes not yet due
+    titan:{chat.v1}:delayed:G      group G's retries not yet due
+    titan:{chat.v1}:retry:G        group G's retries, due (read by G alone)
     titan:{chat.v1}:done:G         events group G handled (ids by time)
     titan:{chat.v1}:idem:K         publisher idempotency key K (expires)
     titan:{chat.v1}:suspects       claimed entries being retried alone
@@ -63,6 +65,14 @@ class KeySpace:
     def quota(self, publisher: str) -> str:
         """Return the publish-rate bucket of one publisher identity."""
         return self.shared(f"quota:{publisher}")
+
+    def retry_lane(self, topic: str, group: str) -> str:
+        """Return the stream of ``group``'s retries of ``topic`` (read by it alone)."""
+        return f"{self.prefix}:{{{topic}}}:retry:{group}"
+
+    def retry_delayed(self, topic: str, group: str) -> str:
+        """Return the delayed set of ``group``'s retries of ``topic``."""
+        return f"{self.prefix}:{{{topic}}}:delayed:{group}"
 
     def shared(self, name: str) -> str:
         """Return a key shared by all topics, e.g. the global rate limiter."""

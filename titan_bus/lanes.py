@@ -15,8 +15,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from titan_bus.keys import KeySpace
+    from titan_bus.topics import Topic
 
 PROBE_AFTER_S = 0.05
+RETRY_LANE = "retry"
+"""Name of the lane holding one group's retries of a topic."""
 
 
 @dataclass(frozen=True)
@@ -96,3 +103,25 @@ class LaneScheduler:
     def wake(self, key: str) -> None:
         """Mark a lane as having work again (a blocking read returned from it)."""
         self._idle.pop(key, None)
+
+
+def topic_lanes(topic: Topic, keys: KeySpace, group: str) -> list[Lane]:
+    """Return the lanes ``group`` reads for ``topic``: its retries, then its lanes.
+
+    Retries go to a stream of the group's own, never back into the shared
+    lanes, where every other group reading the topic would get them too. That
+    stream has the weight of the topic's highest lane, and comes first in
+    strict priority.
+    """
+    retry = Lane(
+        topic.name,
+        RETRY_LANE,
+        keys.retry_lane(topic.name, group),
+        max(topic.lanes.values()),
+    )
+    lanes = [
+        Lane(topic.name, name, keys.lane(topic.name, name), weight)
+        for name, weight in topic.lanes.items()
+    ]
+
+    return [retry, *lanes]

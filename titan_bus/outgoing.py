@@ -24,6 +24,9 @@ from titan_bus.keys import KeySpace
 from titan_bus.observe import Observer
 from titan_bus.topics import TopicRegistry
 
+MAX_DELAY_S = 366 * 24 * 3600.0
+"""Longest delay a publish may ask for, in seconds (a year)."""
+
 Outgoing = Event | tuple[str, Mapping[str, Any]]
 """An event from :meth:`EventFactory.event`, or a ``(topic, data)`` pair."""
 
@@ -162,7 +165,15 @@ class EventFactory:
                 publisher's ``max_payload_bytes``.
         """
         event = self.event(*item) if isinstance(item, tuple) else self._recheck(item)
-        self._check_size(event)
+        if idempotency_key == "":
+            raise ValidationError(f"{event.topic}: idempotency_key must not be empty")
+        try:
+            self._check_size(event)
+            fields = encode_entry(event)
+        except ValueError as exc:
+            raise ValidationError(
+                f"{event.topic}: payload cannot be stored as JSON: {exc}"
+            ) from exc
         delayed = _delay(event.topic, delay_s, at)
         if delayed is not None and idempotency_key is not None:
             raise ValidationError(
@@ -172,7 +183,7 @@ class EventFactory:
 
         return StreamWrite(
             key=self.keys.lane(event.topic, event.priority),
-            fields=encode_entry(event),
+            fields=fields,
             event=event,
             once_key=once or None,
             delayed_key=None if delayed is None else self.keys.delayed(event.topic),
@@ -208,8 +219,10 @@ def _delay(
     if delay_s is not None and at is not None:
         raise ValidationError(f"{topic}: give delay_s or at, not both")
     if delay_s is not None:
-        if delay_s < 0:
-            raise ValidationError(f"{topic}: delay_s must be 0 or more, got {delay_s}")
+        if not math.isfinite(delay_s) or not 0 <= delay_s <= MAX_DELAY_S:
+            raise ValidationError(
+                f"{topic}: delay_s must be 0 to {MAX_DELAY_S:g} seconds, got {delay_s}"
+            )
         # Rounded up to whole ms, never down: 1.001 * 1000 is 1000.999... in
         # floating point, and truncating it would release the event 1 ms early.
         return math.ceil(round(delay_s * 1000, 3)), None

@@ -29,7 +29,7 @@ from titan_bus.handling import Handler, HandlerRunner
 from titan_bus.housekeeping import Housekeeper
 from titan_bus.intake import Intake
 from titan_bus.keys import KeySpace
-from titan_bus.lanes import Lane
+from titan_bus.lanes import RETRY_LANE, topic_lanes
 from titan_bus.limits import FlowGate
 from titan_bus.observe import Observer
 from titan_bus.reader import Entry, LaneReader
@@ -44,7 +44,7 @@ RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
 CLAIM_CHECK_MIN_S = 0.5
 CLAIM_CHECK_MAX_S = 30.0
-CLAIMS_PER_ROUND = 100
+CLAIMS_PER_ROUND = 10
 BACKGROUND_STOP_S = 2.0
 GATED_IDLE_POLL_S = 0.05
 """How often an idle processor under a rate limit looks for work, in seconds.
@@ -93,11 +93,7 @@ class Processor:
         self.group = config.group
         self.consumer = consumer or new_consumer_name()
         topics = [registry.get(name) for name in handlers]
-        self.lanes = [
-            Lane(t.name, lane, keys.lane(t.name, lane), weight)
-            for t in topics
-            for lane, weight in t.lanes.items()
-        ]
+        self.lanes = [lane for t in topics for lane in topic_lanes(t, keys, self.group)]
         self._reader = LaneReader(
             client,
             lanes=self.lanes,
@@ -116,6 +112,15 @@ class Processor:
             )
             for t in topics
         }
+        retries = {
+            t.name: DelayedSet(
+                client,
+                keys.retry_delayed(t.name, self.group),
+                dead_letters=keys.dead_letters(t.name),
+                lanes={RETRY_LANE: keys.retry_lane(t.name, self.group)},
+            )
+            for t in topics
+        }
         self._marks = (
             HandledMarks(client, keys=keys, group=self.group, window_s=w)
             if (w := config.idempotency_window_s) > 0
@@ -125,7 +130,7 @@ class Processor:
             client,
             keys=keys,
             group=self.group,
-            delayed=delayed,
+            delayed=retries,
             marks=self._marks,
         )
         self._runner = HandlerRunner(
@@ -144,6 +149,7 @@ class Processor:
             observer=self._observer,
             consumer=self.consumer,
             group=self.group,
+            registry=registry,
         )
         self._recovery = Recovery(
             claimer=self._claimer,
@@ -154,7 +160,7 @@ class Processor:
             drain=self._wait_idle,
         )
         self._housekeeper = Housekeeper(
-            delayed=list(delayed.values()),
+            delayed=[*delayed.values(), *retries.values()],
             lanes=self.lanes,
             registry=registry,
             retention=Retention(client),
@@ -256,14 +262,25 @@ class Processor:
                     next_claim = loop.time() + self._claim_every_s
                 await self._step()
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
-                    raise
-                logger.warning(
-                    "group %s or a lane stream vanished (%s); recreating",
+                if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+                    logger.warning(
+                        "group %s or a lane stream vanished (%s); recreating",
+                        self.group,
+                        exc,
+                    )
+                    recovering = True
+                    continue
+                # Out of memory, a key of the wrong type, a script error: Redis
+                # refused; nothing is acked, so nothing is lost. Keep trying.
+                self.ready, recovering = False, True
+                logger.error(
+                    "Redis refused a command of group %s (%s); retrying in %.1f s",
                     self.group,
                     exc,
+                    pause,
                 )
-                recovering = True
+                await self._sleep(pause)
+                pause = min(pause * 2, RECONNECT_MAX_S)
             except Exception as exc:
                 if not is_connection_problem(exc):
                     raise

@@ -18,7 +18,11 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from titan_bus.connection import is_connection_problem
-from titan_bus.deadletters import Failure, dead_letter_fields
+from titan_bus.deadletters import (
+    MOVE_TO_DEAD_LETTERS_LUA,
+    Failure,
+    dead_letter_fields,
+)
 from titan_bus.dedup import HandledMarks
 from titan_bus.delayed import DelayedSet, delayed_member
 from titan_bus.events import Event
@@ -60,7 +64,7 @@ class Settler:
         client: an asyncio Redis client.
         keys: the key space.
         group: the consumer group.
-        delayed: each topic's delayed set.
+        delayed: each topic's delayed set of this group's retries.
         marks: the group's handled marks, or None without idempotency.
     """
 
@@ -100,7 +104,7 @@ class Settler:
         fields[b"attempt"] = str(delivery.event.attempt + 1).encode()
         first = delivery.first_failed_ms or failed_ms
         fields[FIRST_FAILED_FIELD] = str(first).encode()
-        member = delayed_member(delivery.lane.name, fields)
+        member = delayed_member("retry", fields)
         ack = (delivery.lane.key, self._group, delivery.entry_id)
         delayed = self._delayed[delivery.lane.topic]
 
@@ -110,18 +114,42 @@ class Settler:
 
     def dead_letter(self, delivery: Delivery, failure: Failure) -> None:
         """Write the delivery to its topic's dead letters, then ack it."""
-        self.set_aside(delivery.lane, delivery.entry_id, delivery.fields, failure)
+        self.set_aside(
+            delivery.lane,
+            delivery.entry_id,
+            delivery.fields,
+            failure,
+            lane_name=delivery.event.priority,
+        )
 
     def set_aside(
-        self, lane: Lane, entry_id: str, fields: dict[bytes, bytes], failure: Failure
+        self,
+        lane: Lane,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        failure: Failure,
+        *,
+        lane_name: str | None = None,
     ) -> None:
-        """Dead-letter a raw entry (one that may not even decode), then ack it."""
-        dead = dead_letter_fields(fields, failure, lane=lane.name, entry_id=entry_id)
+        """Dead-letter a raw entry (one that may not even decode), then ack it.
+
+        ``lane_name`` is recorded as the dead letter's lane (the event's
+        priority for a retry read from the group's retry stream).
+        """
+        dead = dead_letter_fields(
+            fields,
+            failure,
+            lane=lane_name or lane.name,
+            entry_id=entry_id,
+            group=self._group,
+        )
         dlq = self._keys.dead_letters(lane.topic)
+        flat = [part for pair in dead.items() for part in pair]
 
         async def command(pipe: Any) -> None:
-            pipe.xadd(dlq, dead)
-            pipe.xack(lane.key, self._group, entry_id)
+            pipe.eval(
+                MOVE_TO_DEAD_LETTERS_LUA, 2, dlq, lane.key, self._group, entry_id, *flat
+            )
 
         self._push(command)
 
@@ -163,9 +191,10 @@ class Settler:
             try:
                 await self.flush()
             except Exception as exc:
-                if not is_connection_problem(exc):
-                    raise
-                logger.warning("could not settle events (%s); will retry", exc)
+                if is_connection_problem(exc):
+                    logger.warning("could not settle events (%s); will retry", exc)
+                else:
+                    logger.exception("settling events failed; will retry")
                 await asyncio.sleep(FLUSH_RETRY_S)
                 self._wake.set()
 
@@ -176,7 +205,12 @@ class Settler:
             return
 
         pipe = self._client.pipeline(transaction=False)
-        await batch.queue(pipe, self._group, self._marks)
+        try:
+            await batch.queue(pipe, self._group, self._marks)
+        except Exception:
+            batch.absorb(self._batch)
+            self._batch = batch
+            raise
         self._flushing = batch
         try:
             results = await pipe.execute(raise_on_error=False)
@@ -212,7 +246,13 @@ class _Batch:
         for key, ids in self.acks.items():
             pipe.xack(key, group, *ids)
         for command in self.commands:
-            await command(pipe)
+            try:
+                await command(pipe)
+            except Exception:
+                # A command that cannot even be built (a bug, or a value Redis
+                # cannot take) is dropped; its entry stays pending and is
+                # claimed again later, rather than blocking every other ack.
+                logger.exception("dropped a settlement command that failed to build")
 
     def absorb(self, newer: _Batch) -> None:
         """Append what was queued after this batch was taken."""
