@@ -40,6 +40,21 @@ def keys(key_prefix: str) -> KeySpace:
 # -- streams ---------------------------------------------------------------
 
 
+def test_streams_counts_each_groups_waiting_retries_as_delayed(
+    cli: CliRun, sync_redis: redis.Redis, keys: KeySpace
+) -> None:
+    normal = keys.lane("chat.v1", "normal")
+    sync_redis.xgroup_create(normal, "workers", id="0", mkstream=True)
+    sync_redis.zadd(keys.retry_delayed("chat.v1", "workers"), {"a": 1, "b": 2})
+    publish_chat(cli, "--delay", "60")
+
+    result = cli("streams", "--json")
+
+    assert result.returncode == 0, result.stderr
+    chat = next(t for t in json.loads(result.stdout) if t["topic"] == "chat.v1")
+    assert chat["delayed"] == 3
+
+
 def test_streams_json_reports_lengths_groups_dead_letters_and_delayed(
     cli: CliRun, sync_redis: redis.Redis, keys: KeySpace
 ) -> None:

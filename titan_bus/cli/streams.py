@@ -1,8 +1,10 @@
 """``titan-bus streams``: length, consumer groups, dead letters, delayed events.
 
-Everything is read in one pipelined round trip: ``XLEN`` and ``XINFO GROUPS``
+Everything is read in two pipelined round trips: ``XLEN`` and ``XINFO GROUPS``
 per lane, ``XLEN`` of each topic's dead-letter stream and ``ZCARD`` of its
-delayed set. A lane that does not exist yet shows length 0 and no groups.
+delayed set; then ``ZCARD`` of each group's own retry set, so "delayed"
+counts delayed publishes and retries alike. A lane that does not exist yet
+shows length 0 and no groups.
 
 Lag is what Redis reports in ``XINFO GROUPS``: the entries not yet delivered
 to the group. Redis answers nil when it cannot tell (after entries were
@@ -12,7 +14,8 @@ JSON ``null``, never as a reassuring 0.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Any
 
 import redis
@@ -55,6 +58,8 @@ class LaneInfo:
 class TopicInfo:
     """One topic: its lanes, dead letters, delayed events and rate limit.
 
+    ``delayed`` counts delayed publishes and every group's retries not yet due.
+
     ``rate_limit`` is the configured limit in events handled per second across
     all processors (None: unlimited); ``strict_priority`` says whether higher
     lanes always go first instead of sharing by weight.
@@ -89,7 +94,7 @@ def streams(
 
 
 def collect(client: redis.Redis, config: BusConfig) -> list[TopicInfo]:
-    """Read the state of every topic's streams in one round trip.
+    """Read the state of every topic's streams in two round trips.
 
     Raises:
         BusConnectionError: Redis is unreachable or refused a command.
@@ -106,6 +111,34 @@ def collect(client: redis.Redis, config: BusConfig) -> list[TopicInfo]:
     with redis_errors("read stream info", config.redis.url):
         replies = iter(pipe.execute(raise_on_error=False))
 
+    found = _assemble(registry, keys, replies)
+    return _with_retries(client, config, keys, found)
+
+
+def _with_retries(
+    client: redis.Redis, config: BusConfig, keys: KeySpace, found: list[TopicInfo]
+) -> list[TopicInfo]:
+    """Add each group's retries waiting in its own delayed set to ``delayed``."""
+    groups = [
+        (info, sorted({g.name for lane in info.lanes for g in lane.groups}))
+        for info in found
+    ]
+    pipe = client.pipeline(transaction=False)
+    for info, names in groups:
+        for name in names:
+            pipe.zcard(keys.retry_delayed(info.topic, name))
+    with redis_errors("read retry counts", config.redis.url):
+        counts = iter(pipe.execute())
+
+    return [
+        replace(info, delayed=info.delayed + sum(next(counts) for _ in names))
+        for info, names in groups
+    ]
+
+
+def _assemble(
+    registry: TopicRegistry, keys: KeySpace, replies: Iterator[Any]
+) -> list[TopicInfo]:
     found = []
     for topic in registry:
         lanes = []

@@ -52,7 +52,7 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "titan_bus_dead_letters": ("Entries in a topic's dead letters.", ("topic",)),
     "titan_bus_delayed": (
-        "Retries and delayed publishes of a topic not yet due.",
+        "Delayed publishes of a topic and this group's retries, not yet due.",
         ("topic",),
     ),
     "titan_bus_redis_up": ("1 if the last gauge refresh reached Redis, else 0.", ()),
@@ -122,6 +122,7 @@ class RedisGauges(Collector):
         for topic in self._topics:
             pipe.xlen(self._keys.dead_letters(topic))
             pipe.zcard(self._keys.delayed(topic))
+            pipe.zcard(self._keys.retry_delayed(topic, self.group))
         for lane in self._lanes:
             pipe.xlen(lane.key)
             pipe.xinfo_groups(lane.key)
@@ -150,11 +151,12 @@ class RedisGauges(Collector):
 
     def _parse(self, replies: list[Any]) -> Snapshot:
         snap: Snapshot = {name: [] for name in GAUGES}
-        head = 2 * len(self._topics)
+        head = 3 * len(self._topics)
         for index, topic in enumerate(self._topics):
-            dead, delayed = replies[2 * index : 2 * index + 2]
+            dead, delayed, retries = replies[3 * index : 3 * index + 3]
+            waiting = _number(delayed) + _number(retries)
             snap["titan_bus_dead_letters"].append(((topic,), _number(dead)))
-            snap["titan_bus_delayed"].append(((topic,), _number(delayed)))
+            snap["titan_bus_delayed"].append(((topic,), waiting))
         for index, lane in enumerate(self._lanes):
             length, groups, consumers = replies[head + 3 * index : head + 3 * index + 3]
             snap["titan_bus_stream_length"].append(
