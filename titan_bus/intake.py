@@ -55,8 +55,8 @@ class Intake:
         self._group = group
         self.duplicates = 0
         self.vanished = 0
-        self.running: set[tuple[str, str]] = set()
-        """``(topic, event id)`` of every event whose handlers run right now."""
+        self.running: dict[str, tuple[str, str]] = {}
+        """Task name to ``(topic, event id)`` of every event being handled now."""
 
     def delivery(self, entry: Entry, *, deliveries: int = 1) -> Delivery | None:
         """Decode an entry; set aside what cannot be handled and return None.
@@ -145,7 +145,7 @@ class Intake:
             else [False] * len(events)
         )
         fresh = []
-        taken = self.running | self._settler.handled_unwritten()
+        taken = set(self.running.values()) | self._settler.handled_unwritten()
         for delivery, handled in zip(deliveries, seen, strict=True):
             name = (delivery.event.topic, delivery.event.id)
             if not handled and name not in taken:

@@ -175,7 +175,6 @@ class Processor:
         self._topics = [t.name for t in topics]
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._held: list[Entry] = []
-        self._running: dict[str, tuple[str, str]] = {}
         self._stopping = asyncio.Event()
         self.ready = False
 
@@ -387,11 +386,10 @@ class Processor:
             name = f"{delivery.lane.key} {delivery.entry_id}"
             task = asyncio.create_task(self._runner.run(delivery), name=name)
             self._tasks[name] = task
-            self._running[name] = (delivery.event.topic, delivery.event.id)
-            self._intake.running.add(self._running[name])
+            self._intake.running[name] = (delivery.event.topic, delivery.event.id)
             task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         name = task.get_name()
         self._tasks.pop(name, None)
-        self._intake.running.discard(self._running.pop(name, ("", "")))
+        self._intake.running.pop(name, None)

@@ -254,13 +254,7 @@ class Recovery:
 
         if delivery.event.attempt > last:
             capped = delivery.event.with_attempt(last)
-            delivery = Delivery(
-                delivery.lane,
-                delivery.entry_id,
-                delivery.fields,
-                capped,
-                delivery.first_failed_ms,
-            )
+            delivery = replace(delivery, event=capped)
         logger.warning(
             "claimed %s event %s from lane %s (delivery %d); running it alone",
             suspect.lane.topic,
